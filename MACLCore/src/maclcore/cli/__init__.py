@@ -1,0 +1,1 @@
+"""The maclcore command line."""

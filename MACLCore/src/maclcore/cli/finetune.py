@@ -1,0 +1,51 @@
+"""``maclcore finetune``: train the segmentation U-Net on labelled volumes."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from ..io.pairing import pair_cases
+from ..labels import get_schema
+from ..training.finetune import FinetuneConfig, finetune
+from ..training.progress import Reporter
+from .options import (add_augmentation_options, add_loop_options, add_preprocessing_options, add_schema_option,
+                      augmentation_config, given, loop_config)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "finetune", help="train a segmentation model on labelled volumes",
+        description="Train the segmentation U-Net on labelled volumes (optionally starting from a MACL-pretrained "
+                    "model) and write a self-describing model file. Images pair with label maps by the nnU-Net "
+                    "naming (CASE_0000.nii.gz with CASE.nii.gz) or by equal names; label maps may be .seg.nrrd.")
+    parser.add_argument("--images", required=True, help="folder of images (NIfTI, NRRD, MHA, DICOM series folders)")
+    parser.add_argument("--labels", required=True, help="folder of label maps or .seg.nrrd segmentations")
+    parser.add_argument("--out", required=True, help="model file to write, e.g. model.pt")
+    parser.add_argument("--init", help="start from this pretrained (maclcore pretrain) or segmentation model")
+    defaults = FinetuneConfig()
+    parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
+    parser.add_argument("--dice-weight", type=float,
+                        help=f"weight of the Dice loss added to cross-entropy (default {defaults.dice_weight})")
+    parser.add_argument("--val-fraction", type=float,
+                        help=f"share of patients held out for model selection (default {defaults.val_fraction}; "
+                             f"used with at least {defaults.min_val_groups} patients)")
+    add_schema_option(parser)
+    add_loop_options(parser, defaults.loop)
+    add_preprocessing_options(parser)
+    add_augmentation_options(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    base = FinetuneConfig()
+    return replace(base, loop=loop_config(args, base.loop), augmentation=augmentation_config(args, base.augmentation),
+                   **given(args, lr="lr", dice_weight="dice_weight", val_fraction="val_fraction",
+                           spacing="spacing", size="size", channels="channels"))
+
+
+def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    cases = pair_cases(args.images, args.labels)
+    finetune(cases, args.out, config_from_args(args), schema=get_schema(args.labels_schema), init=args.init,
+             device=args.device, reporter=reporter, resume=args.resume, stop_file=args.stop_file)
+    return 0

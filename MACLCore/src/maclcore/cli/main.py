@@ -1,0 +1,80 @@
+"""``maclcore``: one command, a subcommand per stage. Each subcommand only parses and calls the API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import List, Optional
+
+from .. import __version__
+from ..errors import MaclError, TrainingInterrupted
+from ..training.progress import Reporter, make_reporter
+from . import evaluate, finetune, predict
+
+COMMANDS = (finetune, predict, evaluate)
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+def common_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """Options every subcommand has."""
+    if device:
+        parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N "
+                                                             "(default: auto)")
+    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                        help="bar: a progress bar for people; json: one JSON object per line on stdout for "
+                             "programs such as the Slicer module; none: quiet (default: bar)")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maclcore",
+        description="Label-efficient cardiac segmentation: MACL self-supervised pretraining on unlabelled "
+                    "volumes, U-Net finetuning on a few labelled ones, prediction and evaluation.")
+    parser.add_argument("--version", action="version", version=f"maclcore {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = command.add_parser(subparsers)
+        common_options(sub, device=command is not evaluate)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    reporter: Reporter = make_reporter(args.progress)
+    prog = f"maclcore {args.command}"
+    try:
+        return int(args.run(args, reporter) or 0)
+    except TrainingInterrupted as exc:
+        reporter.close()
+        reporter.message(str(exc))
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MaclError as exc:
+        reporter.error(str(exc))
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        reporter.error("interrupted")
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        reporter.error("out of memory")
+        print(f"{prog}: error: out of memory; use fewer or smaller volumes, or a smaller --batch-size",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        # Disk full, permission denied on an output, ... : name the file, no traceback.
+        message = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        reporter.error(message)
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        reporter.close()

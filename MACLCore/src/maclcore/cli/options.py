@@ -1,0 +1,79 @@
+"""Argument helpers shared by the subcommands: settings dataclasses overridden by the options given."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from typing import Any, Optional, Tuple
+
+from ..data.augment import AugmentationConfig
+from ..errors import ConfigError
+from ..labels import SCHEMAS
+from ..training.loop import LoopConfig
+
+
+def int_list(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_loop_options(parser: argparse.ArgumentParser, defaults: LoopConfig) -> None:
+    group = parser.add_argument_group("training length")
+    group.add_argument("--epochs", type=int, help=f"passes over the training slices (default {defaults.epochs})")
+    group.add_argument("--batch-size", type=int, help=f"slices per step and process (default {defaults.batch_size})")
+    group.add_argument("--steps-per-epoch", type=int,
+                       help="steps per epoch (default: one pass over the slices)")
+    group.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
+    group.add_argument("--checkpoint-every", type=int,
+                       help=f"save the resumable state every N epochs (default {defaults.checkpoint_every})")
+    group.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from OUT's .resume.pt state")
+    group.add_argument("--stop-file", help="stop cleanly (resumable) when this file appears; the portable "
+                                           "cancel used by the Slicer module (Ctrl-C and SIGTERM work too)")
+
+
+def loop_config(args: argparse.Namespace, base: LoopConfig) -> LoopConfig:
+    return replace(base, **given(args, epochs="epochs", batch_size="batch_size", steps_per_epoch="steps_per_epoch",
+                                 seed="seed", checkpoint_every="checkpoint_every"),
+                   amp=base.amp and not args.no_amp)
+
+
+def add_augmentation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("augmentation (random affine, on the device)")
+    defaults = AugmentationConfig()
+    group.add_argument("--rotation", type=float, help=f"max rotation in degrees (default {defaults.rotation})")
+    group.add_argument("--translation", type=float,
+                       help=f"max shift as a fraction of the slice size (default {defaults.translation})")
+    group.add_argument("--no-augment", action="store_true", help="train without augmentation")
+
+
+def augmentation_config(args: argparse.Namespace, base: AugmentationConfig) -> AugmentationConfig:
+    return replace(base, **given(args, rotation="rotation", translation="translation"),
+                   enabled=base.enabled and not args.no_augment)
+
+
+def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("preprocessing (derived from the training data when not given)")
+    group.add_argument("--spacing", type=float, help="in-plane spacing f_r slices are resampled to, in mm")
+    group.add_argument("--size", type=int, help="square size f_s slices are zero-padded to (multiple of 16)")
+    group.add_argument("--channels", type=int_list,
+                       help="U-Net widths of the 4 encoder blocks and the centre, e.g. 32,64,128,256,512")
+
+
+def add_schema_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels-schema", default="cardiac", choices=sorted(SCHEMAS),
+                        help="names and colours of the labels (default: cardiac = RV cavity, LV myocardium, "
+                             "LV cavity)")
+
+
+def given(args: argparse.Namespace, **mapping: str) -> dict:
+    """{field: value} for the options the user actually gave (argparse default None = not given)."""
+    return {name: getattr(args, option) for name, option in mapping.items() if getattr(args, option) is not None}
+
+
+def positive(name: str, value: Optional[Any]) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")

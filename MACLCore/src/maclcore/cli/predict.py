@@ -1,0 +1,32 @@
+"""``maclcore predict``: segment volumes with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..inference.predict import predict_files
+from ..io.pairing import find_images
+from ..training.progress import Reporter
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "predict", help="segment volumes with a trained model",
+        description="Segment one or more volumes; each prediction lies on its input's grid (same size, spacing, "
+                    "origin, direction). Writes .nii.gz, .nrrd or Slicer .seg.nrrd (named, coloured segments).")
+    parser.add_argument("--model", required=True, help="model file from maclcore finetune")
+    parser.add_argument("--image", required=True, nargs="+", help="image files, DICOM series folders, or folders of images")
+    parser.add_argument("--out", required=True,
+                        help="output file (one image: .nii.gz, .nrrd or .seg.nrrd) or folder (CASE.<format> per image)")
+    parser.add_argument("--format", default="nii.gz", help="file format in an output folder: nii.gz, nrrd, "
+                                                            "seg.nrrd, mha (default nii.gz)")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16; "
+                                                                   "halved automatically when memory runs out)")
+    return parser
+
+
+def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    images = [case.image for case in find_images(args.image)]
+    predict_files(args.model, images, args.out, fmt=args.format, device=args.device, batch_size=args.batch_size,
+                  reporter=reporter)
+    return 0

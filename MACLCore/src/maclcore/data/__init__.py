@@ -1,0 +1,1 @@
+"""Preprocessing, slice datasets, batched augmentation and synthetic phantoms."""

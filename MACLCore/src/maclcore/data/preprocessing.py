@@ -1,0 +1,171 @@
+"""Preprocessing as in the paper (METHOD.md), and its exact inverse.
+
+Forward, per volume: clip intensities to the volume's [1st, 99th] percentile and scale to [0, 1]; resample
+every slice in-plane to a fixed spacing; zero-pad (never crop) to a fixed square size. Inverse: crop the
+padding and resample class probabilities back to the input's own slice size, so a prediction lands on the
+input's grid (same size, spacing, origin and direction).
+
+Slices are taken along the volume's third index axis (numpy axis 0), the slice direction of a short-axis
+cine stack. The spacing and size are derived from the training data (:func:`plan_preprocessing`) and
+stored in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, InputError
+from ..io.volume import Geometry
+
+SIZE_MULTIPLE = 16  # four 2x2 poolings in the U-Net
+MAX_SLICE_PIXELS = 2048  # a resampled slice larger than this means the file's spacing is implausible
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """The fixed in-plane spacing f_r (mm) and padded size f_s (pixels) slices are brought to."""
+
+    spacing: float
+    size: int
+    percentiles: Tuple[float, float] = (1.0, 99.0)
+
+    def __post_init__(self) -> None:
+        if not (self.spacing > 0 and math.isfinite(self.spacing)):
+            raise ConfigError(f"--spacing must be a positive number of mm, got {self.spacing}")
+        if self.size <= 0 or self.size % SIZE_MULTIPLE:
+            raise ConfigError(f"--size must be a positive multiple of {SIZE_MULTIPLE}, got {self.size}")
+        low, high = self.percentiles
+        if not 0 <= low < high <= 100:
+            raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+
+
+def round_up(value: float, multiple: int = SIZE_MULTIPLE) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def in_plane_spacing(geometry: Geometry) -> Tuple[float, float]:
+    """(row, column) spacing of a slice: y then x."""
+    return geometry.spacing[1], geometry.spacing[0]
+
+
+def resampled_shape(geometry: Geometry, spacing: float) -> Tuple[int, int]:
+    """In-plane (height, width) of a slice of ``geometry`` resampled to ``spacing`` mm."""
+    rows, cols = geometry.size[1], geometry.size[0]
+    row_spacing, col_spacing = in_plane_spacing(geometry)
+    return max(1, int(round(rows * row_spacing / spacing))), max(1, int(round(cols * col_spacing / spacing)))
+
+
+def plan_preprocessing(geometries: Iterable[Geometry], spacing: Optional[float] = None,
+                       size: Optional[int] = None) -> PreprocessingConfig:
+    """Derive f_r (median in-plane spacing) and f_s (largest resampled extent, rounded up to 16).
+
+    Either may be given to override it; a given ``size`` smaller than a training slice is an error,
+    since slices are never cropped.
+    """
+    geometries = list(geometries)
+    if not geometries:
+        raise ConfigError("no volumes to plan preprocessing from")
+    if spacing is None:
+        spacing = float(np.median([s for g in geometries for s in in_plane_spacing(g)]))
+        spacing = float(f"{spacing:.4g}")  # a readable number; the exact median does not matter
+    largest = max(max(resampled_shape(g, spacing)) for g in geometries)
+    needed = round_up(largest)
+    if size is None:
+        size = needed
+    elif size < largest:
+        raise ConfigError(f"--size {size} is smaller than the largest training slice ({largest} pixels at "
+                          f"{spacing} mm); slices are padded, never cropped: use --size {needed} or a larger --spacing")
+    return PreprocessingConfig(spacing=spacing, size=size)
+
+
+def normalise_intensity(array: np.ndarray, percentiles: Tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
+    """Clip to the volume's percentiles and scale to [0, 1] (float32). A constant volume gives zeros."""
+    array = np.asarray(array, dtype=np.float32)
+    low, high = np.percentile(array, percentiles)
+    if not high > low:
+        return np.zeros_like(array)
+    return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
+
+
+@dataclass
+class PreparedVolume:
+    """A volume after preprocessing, before padding: slices at the fixed spacing, and where it came from."""
+
+    name: str
+    image: np.ndarray  # (Z, h, w) float32 in [0, 1]
+    geometry: Geometry  # the input's own grid, for the inverse
+    label: Optional[np.ndarray] = None  # (Z, h, w) uint8
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.image.shape[0])
+
+    def positions(self) -> np.ndarray:
+        """Normalised slice positions p = (k + 0.5) / Z, in (0, 1), centred in each slice's extent."""
+        count = self.num_slices
+        return ((np.arange(count) + 0.5) / count).astype(np.float32)
+
+
+def _resize(stack: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a (Z, C, H, W) float tensor, antialiased when shrinking."""
+    if tuple(stack.shape[-2:]) == tuple(shape):
+        return stack
+    shrinking = shape[0] < stack.shape[-2] or shape[1] < stack.shape[-1]
+    return F.interpolate(stack, size=shape, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def resample_labels(labels: np.ndarray, shape: Tuple[int, int], num_classes: int) -> np.ndarray:
+    """Resample a (Z, H, W) label map in-plane via one-hot bilinear + argmax (smoother than nearest)."""
+    if tuple(labels.shape[-2:]) == tuple(shape):
+        return labels.astype(np.uint8)
+    onehot = F.one_hot(torch.from_numpy(labels.astype(np.int64)), num_classes).permute(0, 3, 1, 2).float()
+    return _resize(onehot, shape).argmax(1).numpy().astype(np.uint8)
+
+
+def prepare_volume(name: str, array: np.ndarray, geometry: Geometry, config: PreprocessingConfig,
+                   label: Optional[np.ndarray] = None, num_classes: int = 0) -> PreparedVolume:
+    """Normalise and resample one volume (and its label map) to ``config``'s spacing."""
+    shape = resampled_shape(geometry, config.spacing)
+    if max(shape) > MAX_SLICE_PIXELS:
+        raise InputError(name, f"its in-plane spacing {in_plane_spacing(geometry)} mm would make slices of "
+                               f"{shape[0]}x{shape[1]} pixels at {config.spacing} mm; check the file's spacing")
+    image = normalise_intensity(array, config.percentiles)
+    image = _resize(torch.from_numpy(image)[:, None], shape)[:, 0].numpy()
+    if label is not None:
+        label = resample_labels(label, shape, num_classes)
+    return PreparedVolume(name=name, image=np.ascontiguousarray(image, dtype=np.float32), geometry=geometry,
+                          label=label)
+
+
+def padded_size(shape: Tuple[int, int], config: PreprocessingConfig) -> int:
+    """The square size a slice of ``shape`` is padded to: f_s, or more (never crop) for a larger slice."""
+    return max(config.size, round_up(max(shape)))
+
+
+def pad_offsets(shape: Tuple[int, int], size: int) -> Tuple[int, int]:
+    """Top and left padding that centre a slice of ``shape`` in a ``size`` square."""
+    return (size - shape[0]) // 2, (size - shape[1]) // 2
+
+
+def pad_slices(stack: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad the last two axes of ``stack`` to ``size`` x ``size``, centred."""
+    top, left = pad_offsets(stack.shape[-2:], size)
+    out = np.zeros(stack.shape[:-2] + (size, size), dtype=stack.dtype)
+    out[..., top:top + stack.shape[-2], left:left + stack.shape[-1]] = stack
+    return out
+
+
+def restore_probabilities(probs: torch.Tensor, prepared_shape: Tuple[int, int], geometry: Geometry) -> torch.Tensor:
+    """Invert padding and resampling: (Z, C, S, S) probabilities -> (Z, C, H, W) on the input's slices."""
+    size = probs.shape[-1]
+    top, left = pad_offsets(prepared_shape, size)
+    cropped = probs[..., top:top + prepared_shape[0], left:left + prepared_shape[1]]
+    return _resize(cropped.float(), (geometry.size[1], geometry.size[0]))
+

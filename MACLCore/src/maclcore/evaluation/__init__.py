@@ -1,0 +1,1 @@
+"""Metrics, evaluation of prediction folders, and overlay pictures."""

@@ -1,0 +1,65 @@
+"""Compare a folder of predictions with a folder of reference label maps."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+from ..errors import InputError, PathLike
+from ..io.atomic import write_text_atomic
+from ..io.pairing import pair_cases
+from ..io.segmentation import read_label_map
+from ..io.volume import read_geometry
+from ..labels import CARDIAC, LabelSchema
+from ..training.checkpoint import provenance
+from ..training.progress import Reporter
+from .metrics import case_metrics, mean_foreground, summarise
+
+
+def evaluate_folders(predictions: PathLike, labels: PathLike, schema: LabelSchema = CARDIAC,
+                     json_path: Optional[PathLike] = None, with_hd95: bool = True,
+                     reporter: Optional[Reporter] = None) -> Dict[str, Any]:
+    """Dice, IoU and HD95 per case and class, and their mean and std over cases.
+
+    Predictions pair with reference labels by case name (``CASE.nii.gz`` with ``CASE.nii.gz`` or
+    ``CASE.seg.nrrd``); both must lie on the same grid.
+    """
+    reporter = reporter or Reporter()
+    pairs = pair_cases(predictions, labels)
+    reporter.stage("evaluate", len(pairs))
+    cases: Dict[str, Any] = {}
+    for index, pair in enumerate(pairs):
+        reference = read_geometry(pair.label)  # type: ignore[arg-type]
+        truth = read_label_map(pair.label, schema, reference)  # type: ignore[arg-type]
+        try:
+            prediction = read_label_map(pair.image, schema, reference)
+        except InputError as exc:
+            raise InputError(pair.image, f"{exc.problem} (compared with {pair.label})") from None
+        spacing_zyx = tuple(reversed(reference.spacing))
+        cases[pair.name] = case_metrics(prediction, truth, spacing_zyx, schema.names, with_hd95)
+        reporter.progress("evaluate", index + 1, len(pairs), case=pair.name,
+                          metrics={"dice": mean_foreground(cases[pair.name])})
+    report = {"provenance": provenance(), "predictions": os.fspath(predictions), "labels": os.fspath(labels),
+              "classes": list(schema.names), "cases": cases, "summary": summarise(cases)}
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(report, indent=1, allow_nan=True))
+    reporter.done(output=os.fspath(json_path) if json_path else None,
+                  metrics={"mean_dice": report["summary"]["mean_foreground"]["dice"]["mean"]})
+    return report
+
+
+def format_summary(report: Dict[str, Any]) -> str:
+    """A small text table: one row per class, then the mean over foreground classes."""
+    summary = report["summary"]
+    metrics = [m for m in ("dice", "iou", "hd95") if m in summary["mean_foreground"]]
+    header = f"{'class':<16}" + "".join(f"{m + ' (mm)' if m == 'hd95' else m:>22}" for m in metrics)
+    lines = [f"{len(report['cases'])} cases", header]
+    for name in list(report["classes"]) + ["mean_foreground"]:
+        cells = []
+        for metric in metrics:
+            stat = summary[name][metric]
+            extra = f" [{stat['undefined']} undef]" if stat["undefined"] else ""
+            cells.append(f"{stat['mean']:.4f} ± {stat['std']:.4f}{extra}".rjust(22))
+        lines.append(f"{name:<16}" + "".join(cells))
+    return "\n".join(lines)

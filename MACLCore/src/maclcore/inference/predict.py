@@ -1,0 +1,156 @@
+"""Segment whole volumes with a trained model, in slice batches, back on each input's own grid."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+from ..config import from_dict
+from ..data.preprocessing import (PreparedVolume, PreprocessingConfig, pad_slices, padded_size, prepare_volume,
+                                  restore_probabilities)
+from ..errors import InputError, MaclError, PathLike
+from ..io.pairing import split_extension
+from ..io.segmentation import LABEL_EXTENSIONS, write_label_map
+from ..io.volume import Volume, read_volume
+from ..labels import LabelSchema
+from ..models.unet import UNet, UNetConfig
+from ..training.checkpoint import load_checkpoint
+from ..training.progress import Reporter
+from ..training.runtime import autocast, resolve_device
+
+T = TypeVar("T")
+
+
+@dataclass
+class SegmentationModel:
+    """A trained U-Net with everything needed to apply it: labels and preprocessing."""
+
+    network: UNet
+    schema: LabelSchema
+    preprocessing: PreprocessingConfig
+    info: Dict[str, Any]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+
+def load_segmentation_model(path: PathLike, device: torch.device = torch.device("cpu")) -> SegmentationModel:
+    """Rebuild a segmentation model from its self-describing file."""
+    data = load_checkpoint(path, kinds=("segmentation",))
+    try:
+        network = UNet(from_dict(UNetConfig, data["model"]))
+        network.load_state_dict(data["state_dict"])
+        schema = LabelSchema.from_dict(data["labels"])
+        preprocessing = from_dict(PreprocessingConfig, data["preprocessing"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(path, f"is an incomplete or inconsistent model file ({str(exc).splitlines()[0][:150]})") from None
+    if schema.num_classes != network.config.num_classes:
+        raise InputError(path, f"names {len(schema.names)} labels but its network has "
+                               f"{network.config.num_classes - 1} foreground outputs")
+    info = {k: v for k, v in data.items() if k != "state_dict"}
+    return SegmentationModel(network.to(device).eval(), schema, preprocessing, info)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA (or CPU allocator) out-of-memory, as raised by torch."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def map_in_batches(fn: Callable[[int, int], T], count: int, batch_size: int,
+                   on_retry: Optional[Callable[[int], None]] = None) -> List[T]:
+    """Call ``fn(start, stop)`` over ``range(count)`` in batches; on out-of-memory halve the batch and retry.
+
+    Only a batch of one that still runs out of memory is an error.
+    """
+    results: List[T] = []
+    start = 0
+    while start < count:
+        stop = min(count, start + batch_size)
+        try:
+            results.append(fn(start, stop))
+        except Exception as exc:
+            if not is_out_of_memory(exc) or batch_size == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch_size = max(1, batch_size // 2)
+            if on_retry is not None:
+                on_retry(batch_size)
+            continue
+        start = stop
+    return results
+
+
+@torch.no_grad()
+def predict_slices(network: torch.nn.Module, images: torch.Tensor, batch_size: int = 16,
+                   amp: bool = True) -> torch.Tensor:
+    """Softmax probabilities (N, C, S, S) of a stack of preprocessed slices (N, 1, S, S), on their device."""
+    network.eval()
+    device = next(network.parameters()).device
+
+    def run(start: int, stop: int) -> torch.Tensor:
+        with autocast(device, amp):
+            return network(images[start:stop].to(device, non_blocking=True)).float().softmax(1)
+
+    return torch.cat(map_in_batches(run, images.shape[0], batch_size))
+
+
+def predict_prepared(model: SegmentationModel, prepared: PreparedVolume, batch_size: int = 16) -> torch.Tensor:
+    """Class probabilities (Z, C, H, W) on the input's own slice grid."""
+    shape = prepared.image.shape[-2:]
+    size = padded_size(shape, model.preprocessing)
+    images = torch.from_numpy(pad_slices(prepared.image, size))[:, None]
+    probs = predict_slices(model.network, images, batch_size)
+    return restore_probabilities(probs, shape, prepared.geometry)
+
+
+def predict_volume(model: SegmentationModel, volume: Volume, batch_size: int = 16) -> np.ndarray:
+    """Label map (z, y, x, uint8) of ``volume`` on its own grid."""
+    prepared = prepare_volume(volume.source or "volume", volume.array, volume.geometry, model.preprocessing)
+    return predict_prepared(model, prepared, batch_size).argmax(1).to(torch.uint8).cpu().numpy()
+
+
+def output_paths(images: Sequence[str], output: str, fmt: str) -> List[str]:
+    """Where each prediction goes: ``output`` itself for one image and a file name, else ``output/CASE.fmt``."""
+    fmt = fmt if fmt.startswith(".") else "." + fmt
+    if fmt.lower() not in LABEL_EXTENSIONS:
+        raise MaclError(f"--format must be one of {', '.join(e.lstrip('.') for e in LABEL_EXTENSIONS)}, got {fmt!r}")
+    names = []
+    for image in images:
+        stem, _ = split_extension(os.path.basename(os.path.normpath(image)))
+        names.append(stem[:-5] if stem.endswith("_0000") else stem)
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise MaclError(f"two input images have the same case name {duplicate!r}; their predictions would collide")
+    is_file = split_extension(os.path.basename(output))[1].lower() in LABEL_EXTENSIONS and not os.path.isdir(output)
+    if is_file:
+        if len(images) != 1:
+            raise MaclError(f"--out {output} is a file name, but {len(images)} images were given; give a folder")
+        return [output]
+    return [os.path.join(output, name + fmt) for name in names]
+
+
+def predict_files(model_path: PathLike, images: Sequence[str], output: str, fmt: str = "nii.gz",
+                  device: str = "auto", batch_size: int = 16, reporter: Optional[Reporter] = None) -> List[str]:
+    """Segment image files and write one label file per image (atomically). Returns the written paths."""
+    reporter = reporter or Reporter()
+    targets = output_paths(images, output, fmt)
+    model = load_segmentation_model(model_path, resolve_device(device))
+    reporter.stage("predict", len(images))
+    written = []
+    for index, (image, target) in enumerate(zip(images, targets)):
+        volume = read_volume(image)
+        labels = predict_volume(model, volume, batch_size)
+        write_label_map(labels, volume.geometry, target, model.schema)
+        written.append(target)
+        reporter.progress("predict", index + 1, len(images), case=os.path.basename(target))
+    reporter.done(output=targets[0] if len(targets) == 1 else output)
+    return written

@@ -1,0 +1,1 @@
+"""Reading and writing volumes, label maps and Slicer segmentations, with their geometry."""

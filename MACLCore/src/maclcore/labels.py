@@ -1,0 +1,71 @@
+"""Label schemas: the names and colours of the foreground classes a model segments.
+
+This is the one registry that the CLI choices and the Slicer module read. Label value 0 is always
+background; foreground class ``i`` (1-based) is ``names[i - 1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Sequence, Tuple
+
+from .errors import ConfigError
+
+RGB = Tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    """Names and RGB colours (0..1) of the foreground labels 1..K."""
+
+    names: Tuple[str, ...]
+    colors: Tuple[RGB, ...]
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            raise ConfigError("label schema: at least one foreground label is needed")
+        if len(self.names) != len(self.colors):
+            raise ConfigError(f"label schema: {len(self.names)} names but {len(self.colors)} colours")
+        if len({n.lower() for n in self.names}) != len(self.names):
+            raise ConfigError(f"label schema: names must be unique (got {list(self.names)})")
+        for name, color in zip(self.names, self.colors):
+            if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
+                raise ConfigError(f"label schema: colour of {name!r} must be three values in [0, 1], got {color}")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes including background."""
+        return len(self.names) + 1
+
+    def to_dict(self) -> Dict[str, list]:
+        return {"names": list(self.names), "colors": [list(c) for c in self.colors]}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Sequence]) -> "LabelSchema":
+        return cls(names=tuple(str(n) for n in data["names"]),
+                   colors=tuple(tuple(float(v) for v in c) for c in data["colors"]))  # type: ignore[misc]
+
+    def value_of(self, name: str) -> int:
+        """Label value of a segment name (case-insensitive); raises KeyError when unknown."""
+        key = name.strip().lower()
+        for value, known in enumerate(self.names, start=1):
+            if known.lower() == key:
+                return value
+        raise KeyError(name)
+
+
+# ACDC's three structures, in ACDC's label order (1 RV cavity, 2 LV myocardium, 3 LV cavity).
+CARDIAC = LabelSchema(
+    names=("RV cavity", "LV myocardium", "LV cavity"),
+    colors=((0.302, 0.584, 0.929), (0.384, 0.780, 0.361), (0.890, 0.337, 0.278)),
+)
+
+SCHEMAS: Dict[str, LabelSchema] = {"cardiac": CARDIAC}
+
+
+def get_schema(name: str) -> LabelSchema:
+    """Look up a registered schema by name."""
+    try:
+        return SCHEMAS[name]
+    except KeyError:
+        raise ConfigError(f"--labels-schema: unknown schema {name!r} (known: {', '.join(SCHEMAS)})") from None

@@ -1,0 +1,1 @@
+"""Loss functions: segmentation (cross-entropy, Dice) and the MLC contrastive loss."""

@@ -1,0 +1,1 @@
+"""Network architectures: the U-Net and the MACL pretraining model built on it."""

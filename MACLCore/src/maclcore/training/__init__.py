@@ -1,0 +1,1 @@
+"""Training: the shared loop, checkpoints, progress, and the finetune and pretrain tasks."""

@@ -1,0 +1,207 @@
+"""Supervised finetuning of the segmentation U-Net on a few labelled volumes."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..config import from_dict, to_dict
+from ..data.augment import AugmentationConfig, augment_batch, random_affines
+from ..data.dataset import SliceData, load_cases, read_case_geometries
+from ..data.preprocessing import PreprocessingConfig, plan_preprocessing
+from ..errors import ConfigError, MaclError, PathLike
+from ..evaluation.metrics import overlap_per_class
+from ..io.pairing import Case
+from ..labels import CARDIAC, LabelSchema
+from ..losses.segmentation import segmentation_loss
+from ..models.unet import DEFAULT_CHANNELS, UNet, UNetConfig
+from .loop import LoopConfig, Trainer, cosine_lr, unwrap
+from .progress import Reporter
+from .runtime import setup_processes
+from .session import TrainingSession, distribute, seed_everything
+from .transfer import init_channels, load_initial_weights, read_init
+
+# Cardiac cine frames of one patient (ED/ES, or numbered frames) form one group: they are never split
+# between training and validation.
+DEFAULT_GROUP_PATTERN = r"^(?P<group>.+?)(?:[_-](?:ED|ES|frame\d+))?$"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Finetuning settings; defaults follow the paper (Adam 5e-4 cosine to 5e-6, 100 epochs).
+
+    Args:
+        loop: epochs, batch size, seed and checkpointing (see :class:`LoopConfig`).
+        lr, min_lr: Adam learning rate, decayed per iteration by a cosine to ``min_lr``.
+        dice_weight: weight of the soft Dice term added to cross-entropy (0: cross-entropy alone).
+        channels: U-Net widths; None takes them from ``--init`` or the default.
+        spacing, size: preprocessing f_r (mm) and f_s (pixels); None derives them (spacing from ``--init``
+            when it has one, so pretrained features see the scale they were trained on).
+        val_fraction: share of patient groups held out for validation and model selection, used only when
+            there are at least ``min_val_groups`` groups; otherwise the last epoch is kept.
+        group_pattern: regular expression whose ``group`` names a case's patient.
+    """
+
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=100, batch_size=8))
+    lr: float = 5e-4
+    min_lr: float = 5e-6
+    weight_decay: float = 0.0
+    dice_weight: float = 1.0
+    channels: Optional[Tuple[int, ...]] = None
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    spacing: Optional[float] = None
+    size: Optional[int] = None
+    val_fraction: float = 0.2
+    min_val_groups: int = 5
+    group_pattern: str = DEFAULT_GROUP_PATTERN
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.lr <= 0 or self.min_lr < 0:
+            raise ConfigError("--lr must be > 0 and --min-lr >= 0")
+        try:
+            if "group" not in re.compile(self.group_pattern).groupindex:
+                raise ConfigError(f"--group-pattern needs a named group (?P<group>...), got {self.group_pattern!r}")
+        except re.error as exc:
+            raise ConfigError(f"--group-pattern is not a valid regular expression: {exc}") from None
+
+
+def case_group(name: str, pattern: str = DEFAULT_GROUP_PATTERN) -> str:
+    match = re.match(pattern, name)
+    return match.group("group") if match and match.group("group") else name
+
+
+def split_validation(names: Sequence[str], config: FinetuneConfig) -> Tuple[List[str], List[str]]:
+    """(train, validation) case names, holding out whole patient groups chosen by the seed."""
+    groups = sorted({case_group(n, config.group_pattern) for n in names})
+    if config.val_fraction == 0 or len(groups) < config.min_val_groups:
+        return list(names), []
+    count = max(1, int(round(config.val_fraction * len(groups))))
+    order = np.random.default_rng(config.loop.seed).permutation(len(groups))
+    held_out = {groups[i] for i in order[:count]}
+    train = [n for n in names if case_group(n, config.group_pattern) not in held_out]
+    val = [n for n in names if case_group(n, config.group_pattern) in held_out]
+    return train, val
+
+
+class FinetuneTask:
+    """Cross-entropy (+ Dice) on augmented labelled slices; validation Dice on held-out volumes."""
+
+    def __init__(self, model: torch.nn.Module, train: SliceData, val: Optional[SliceData],
+                 config: FinetuneConfig, num_classes: int) -> None:
+        self.model, self.train, self.val, self.config, self.num_classes = model, train, val, config, num_classes
+
+    def loss(self, indices: torch.Tensor, generator: torch.Generator, offset: int, global_batch: int) -> torch.Tensor:
+        theta = random_affines(global_batch, self.config.augmentation, generator, self.train.images.device)
+        images, labels = augment_batch(self.train.images[indices], self.train.labels[indices],
+                                       theta[offset:offset + indices.shape[0]])
+        return segmentation_loss(self.model(images), labels, self.config.dice_weight)
+
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        if self.val is None:
+            return {}
+        from ..inference.predict import predict_slices
+
+        network = unwrap(self.model)
+        predictions = predict_slices(network, self.val.images, self.config.eval_batch_size,
+                                     self.config.loop.amp).argmax(1).cpu().numpy()
+        truth, volumes = self.val.labels.cpu().numpy(), self.val.volumes.cpu().numpy()
+        dice = np.stack([overlap_per_class(predictions[volumes == v], truth[volumes == v], self.num_classes)["dice"]
+                         for v in range(len(self.val.names))])
+        network.train()
+        return {"val_dice": float(dice.mean()), **{f"val_dice_{i + 1}": float(d) for i, d in enumerate(dice.mean(0))}}
+
+
+def _plan(cases: Sequence[Case], config: FinetuneConfig, init: Optional[Dict[str, Any]]) -> PreprocessingConfig:
+    spacing = config.spacing
+    if spacing is None and init is not None:
+        spacing = float(init["preprocessing"]["spacing"])
+    return plan_preprocessing(read_case_geometries(cases), spacing=spacing, size=config.size)
+
+
+def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = FinetuneConfig(),
+             schema: LabelSchema = CARDIAC, init: Optional[PathLike] = None, device: str = "auto",
+             reporter: Optional[Reporter] = None, resume: bool = False,
+             stop_file: Optional[str] = None) -> Dict[str, Any]:
+    """Train a segmentation model on labelled cases and write it to ``output``.
+
+    ``resume`` continues an interrupted run; the run stops (resumably) on Ctrl-C/SIGTERM or when
+    ``stop_file`` appears. Returns a summary: output path, history, selected epoch, train/validation cases,
+    init report.
+    """
+    reporter = reporter or Reporter()
+    output = os.fspath(output)
+    missing = [c.name for c in cases if c.label is None]
+    if missing:
+        raise MaclError(f"cases without a label map: {', '.join(missing[:5])}")
+    procs, device_ = setup_processes(device)
+    with TrainingSession(output, "finetune", procs, resume, stop_file) as session:
+        saved = session.state
+        init_data = None
+        if saved is not None:
+            config, schema = from_dict(FinetuneConfig, saved["config"]), LabelSchema.from_dict(saved["labels"])
+            _check_same_cases(saved, cases)
+        elif init is not None:
+            init_data = read_init(init)
+        config = replace(config, channels=config.channels or (init_channels(init_data) if init_data else DEFAULT_CHANNELS))
+        seed_everything(config.loop.seed)
+        plan = from_dict(PreprocessingConfig, saved["preprocessing"]) if saved else _plan(cases, config, init_data)
+        train_names, val_names = ((saved["split"]["train"], saved["split"]["val"]) if saved
+                                  else split_validation([c.name for c in cases], config))
+        train, val = _load_data(cases, plan, schema, train_names, val_names, device_, reporter)
+        network = UNet(UNetConfig(num_classes=schema.num_classes, channels=tuple(config.channels)))
+        init_report = saved["init"] if saved else None
+        if init_data is not None:
+            init_report = load_initial_weights(network, init_data, init)  # type: ignore[arg-type]
+            reporter.message(f"initialised from {init}: loaded {', '.join(init_report['loaded'])}; "
+                             f"random: {', '.join(init_report['random']) or 'nothing'}")
+        model = distribute(network.to(device_), procs, device_)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        trainer = Trainer(FinetuneTask(model, train, val, config, schema.num_classes), optimizer,
+                          lambda step, total: cosine_lr(step, total, config.lr, config.min_lr),
+                          config.loop, len(train), device_, procs, reporter, "finetune")
+        record = {"config": to_dict(config), "labels": schema.to_dict(), "preprocessing": to_dict(plan),
+                  "split": {"train": train_names, "val": val_names}, "init": init_report}
+        state = session.run(trainer, model, optimizer, record)
+        selected = state.best_epoch if state.best_weights is not None else state.epoch
+        weights = state.best_weights if state.best_weights is not None else unwrap(model).state_dict()
+        training = {"config": record["config"], "selected_epoch": selected, "history": state.history,
+                    "train_cases": train_names, "val_cases": val_names, "init": init_report,
+                    "seed": config.loop.seed, "processes": procs.world_size}
+        session.finish("segmentation", {
+            "model": to_dict(unwrap(model).config), "labels": record["labels"], "preprocessing": record["preprocessing"],
+            "training": training, "state_dict": {k: v.detach().cpu() for k, v in weights.items()}})
+    metrics = {"selected_epoch": selected, **({"val_dice": state.best_score} if state.best_score is not None else {})}
+    reporter.done(output=output, metrics=metrics)
+    return {"output": output, **training}
+
+
+def _load_data(cases: Sequence[Case], plan: PreprocessingConfig, schema: LabelSchema, train_names: List[str],
+               val_names: List[str], device: torch.device, reporter: Reporter) -> Tuple[SliceData, Optional[SliceData]]:
+    """Read and preprocess the cases once; training and validation slices on ``device``."""
+    reporter.message(f"preprocessing: {plan.spacing} mm in-plane, {plan.size}x{plan.size} slices")
+    reporter.stage("load", len(cases))
+    prepared = load_cases(cases, plan, schema, progress=lambda i, n, name: reporter.progress("load", i, n, case=name))
+    data = SliceData.from_volumes(prepared, plan.size, with_labels=True)
+    train = data.select_volumes(train_names).to(device)
+    val = data.select_volumes(val_names).to(device) if val_names else None
+    reporter.message(f"training on {len(train_names)} volumes ({len(train)} slices)"
+                     + (f", validating on {len(val_names)}: {', '.join(val_names)}" if val_names
+                        else "; no validation split (too few patients): the last epoch is kept"))
+    return train, val
+
+
+def _check_same_cases(saved: Dict[str, Any], cases: Sequence[Case]) -> None:
+    recorded = sorted(saved["split"]["train"] + saved["split"]["val"])
+    given = sorted(c.name for c in cases)
+    if recorded != given:
+        raise MaclError(f"--resume: the interrupted run trained on {len(recorded)} cases ({', '.join(recorded[:4])}...), "
+                        f"but {len(given)} different cases were given; pass the same --images/--labels")

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh --test) and run every test: MACLCore's unit tests and the extension's tests.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k seg_nrrd
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test
+set +e
+.venv/bin/python -m pytest MACLCore/tests Testing/Python -q -p no:cacheprovider "$@"
+status=$?
+set -e
+if [ $status -eq 5 ]; then
+    echo "test: pytest collected no tests; that is a failure" >&2
+    exit 1
+fi
+exit $status
