@@ -10,9 +10,9 @@ from typing import List, Optional
 from .. import __version__
 from ..errors import MaclError, TrainingInterrupted
 from ..training.progress import Reporter, make_reporter
-from . import evaluate, finetune, predict
+from . import demo, evaluate, finetune, predict, pretrain
 
-COMMANDS = (finetune, predict, evaluate)
+COMMANDS = (pretrain, finetune, predict, evaluate, demo)
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 

@@ -1,9 +1,12 @@
-"""Random rotation, translation and scaling of a whole batch at once, on the batch's device.
+"""Random augmentation of a whole batch at once, on the batch's device.
 
-One affine matrix per sample is drawn, then a single ``affine_grid`` + ``grid_sample`` call warps the
-batch: bilinear for images, nearest-neighbour for label maps, with the same matrices for both. We use
-torch's own ops rather than kornia: for pure affine warps kornia calls the same two kernels, so it would
-add a dependency without adding speed.
+Geometry (the paper's): rotation, translation and scaling. One affine matrix per sample is drawn, then a
+single ``affine_grid`` + ``grid_sample`` call warps the batch: bilinear for images, nearest-neighbour for
+label maps, with the same matrices for both. We use torch's own ops rather than kornia: for pure affine
+warps kornia calls the same two kernels, so it would add a dependency without adding speed.
+
+Intensity (our addition, for MRI's varying contrast): a random gamma and gain per sample, applied to the
+[0, 1]-normalised image only.
 """
 
 from __future__ import annotations
@@ -25,13 +28,23 @@ class AugmentationConfig:
     rotation: float = 15.0  # degrees, in [-rotation, rotation]
     translation: float = 0.1  # fraction of the image size, in [-translation, translation] per axis
     scale: Tuple[float, float] = (0.85, 1.15)  # zoom factor range
+    gamma: Tuple[float, float] = (0.7, 1.5)  # intensity exponent range (1, 1: off)
+    gain: Tuple[float, float] = (0.9, 1.1)  # intensity factor range (1, 1: off)
     enabled: bool = True
 
     def __post_init__(self) -> None:
         if self.rotation < 0 or self.translation < 0:
             raise ConfigError("augmentation: rotation and translation ranges must be >= 0")
-        if not 0 < self.scale[0] <= self.scale[1]:
-            raise ConfigError(f"augmentation: scale range must satisfy 0 < low <= high, got {self.scale}")
+        for name in ("scale", "gamma", "gain"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ConfigError(f"augmentation: {name} range must satisfy 0 < low <= high, got {(low, high)}")
+
+
+def _log_uniform(u: torch.Tensor, bounds: Tuple[float, float]) -> torch.Tensor:
+    """Map uniform [0, 1) draws into [low, high], uniform in log scale (x and 1/x equally likely)."""
+    low, high = bounds
+    return torch.exp(math.log(low) + u * (math.log(high) - math.log(low)))
 
 
 def random_affines(count: int, config: AugmentationConfig, generator: torch.Generator,
@@ -42,9 +55,7 @@ def random_affines(count: int, config: AugmentationConfig, generator: torch.Gene
         return eye.expand(count, 2, 3).contiguous()
     draws = torch.rand(count, 4, generator=generator, device=generator.device).to(device)
     angle = (2 * draws[:, 0] - 1) * math.radians(config.rotation)
-    low, high = config.scale
-    # Uniform in log-scale, so zooming in and out by the same factor are equally likely.
-    zoom = torch.exp(math.log(low) + draws[:, 1] * (math.log(high) - math.log(low)))
+    zoom = _log_uniform(draws[:, 1], config.scale)
     shift = (2 * draws[:, 2:] - 1) * (2 * config.translation)  # normalised coords span 2 per image size
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
@@ -58,10 +69,43 @@ def warp(batch: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear",
     return F.grid_sample(batch, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
+def random_intensity(count: int, config: AugmentationConfig, generator: torch.Generator,
+                     device: torch.device) -> torch.Tensor:
+    """(count, 2) per-sample (gamma, gain); (1, 1) when augmentation is off."""
+    if not config.enabled:
+        return torch.ones(count, 2, device=device)
+    draws = torch.rand(count, 2, generator=generator, device=generator.device).to(device)
+    return torch.stack([_log_uniform(draws[:, 0], config.gamma), _log_uniform(draws[:, 1], config.gain)], 1)
+
+
+def adjust_intensity(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """x -> gain * x ** gamma per sample, for images in [0, 1] of shape (N, C, H, W)."""
+    gamma, gain = params[:, 0, None, None, None], params[:, 1, None, None, None]
+    return images.clamp(min=0).pow(gamma) * gain
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Per-sample random parameters: affine matrices (N, 2, 3) and intensity (gamma, gain) pairs (N, 2)."""
+
+    theta: torch.Tensor
+    intensity: torch.Tensor
+
+
+def draw_augmentation(total: int, rows: torch.Tensor, config: AugmentationConfig, generator: torch.Generator,
+                      device: torch.device) -> Augmentation:
+    """Draw parameters for ``total`` samples and keep ``rows``: every process of a distributed run draws the
+    same global set and takes its own part, so sample g is augmented identically on 1 or P processes."""
+    theta = random_affines(total, config, generator, device)
+    intensity = random_intensity(total, config, generator, device)
+    return Augmentation(theta=theta[rows], intensity=intensity[rows])
+
+
 def augment_batch(images: torch.Tensor, labels: Optional[torch.Tensor],
-                  theta: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Warp images (N, 1, H, W) bilinearly and labels (N, H, W) by nearest neighbour, by the same affines."""
-    warped = warp(images, theta, "bilinear")
+                  augmentation: Augmentation) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Warp images (N, 1, H, W) bilinearly and labels (N, H, W) by nearest neighbour with the same affines;
+    then adjust the images' intensity."""
+    warped = adjust_intensity(warp(images, augmentation.theta, "bilinear"), augmentation.intensity)
     if labels is None:
         return warped, None
-    return warped, warp(labels[:, None].float(), theta, "nearest")[:, 0].to(labels.dtype)
+    return warped, warp(labels[:, None].float(), augmentation.theta, "nearest")[:, 0].to(labels.dtype)

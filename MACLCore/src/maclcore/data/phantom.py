@@ -41,9 +41,9 @@ def make_phantom(seed: int, oblique: bool = False, slices: Optional[int] = None)
     """One random phantom; the same seed always gives the same phantom."""
     rng = np.random.default_rng(seed)
     depth = int(slices if slices is not None else rng.integers(6, 13))
-    pixel = float(rng.uniform(1.3, 1.9))  # mm
+    pixel = float(rng.uniform(1.4, 1.8))  # mm
     slice_gap = float(rng.uniform(8.0, 10.0))
-    side = int(rng.integers(112, 161))
+    side = int(rng.integers(96, 129))  # field of view up to ~230 mm: a cardiac cine crop
     y, x = (np.mgrid[:side, :side] - (side - 1) / 2) * pixel  # mm, centred
 
     # Direction from the LV centre to the RV: short-axis views put the RV on one side, give or take 30 degrees.

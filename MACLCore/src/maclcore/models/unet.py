@@ -9,7 +9,7 @@ transfer copies exactly those parameter names (``encoder.*``, ``decoder.blocks.{
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -84,16 +84,18 @@ class UpBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Four up-blocks; block ``i`` joins the skip of encoder block ``3 - i``."""
+    """Up-blocks; block ``i`` joins the skip of encoder block ``3 - i``. The U-Net has all four; the
+    pretraining model builds only the first ``depth`` (same parameter names, so weights transfer)."""
 
-    def __init__(self, channels: Sequence[int]) -> None:
+    def __init__(self, channels: Sequence[int], depth: int = 4) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(UpBlock(channels[4 - i], channels[3 - i]) for i in range(4))
+        if not 0 <= depth <= 4:
+            raise ConfigError(f"decoder depth must be 0..4, got {depth}")
+        self.blocks = nn.ModuleList(UpBlock(channels[4 - i], channels[3 - i]) for i in range(depth))
 
-    def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor], depth: int = 4) -> torch.Tensor:
-        """Run the first ``depth`` blocks (the partial decoder of pretraining when depth < 4)."""
-        for i in range(depth):
-            x = self.blocks[i](x, skips[3 - i])
+    def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, skips[3 - i])
         return x
 
     @staticmethod

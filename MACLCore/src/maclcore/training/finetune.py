@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from ..config import from_dict, to_dict
-from ..data.augment import AugmentationConfig, augment_batch, random_affines
-from ..data.dataset import SliceData, load_cases, read_case_geometries
+from ..data.augment import AugmentationConfig, augment_batch, draw_augmentation
+from ..data.dataset import SliceData, read_case_geometries
 from ..data.preprocessing import PreprocessingConfig, plan_preprocessing
 from ..errors import ConfigError, MaclError, PathLike
 from ..evaluation.metrics import overlap_per_class
@@ -23,7 +23,7 @@ from ..models.unet import DEFAULT_CHANNELS, UNet, UNetConfig
 from .loop import LoopConfig, Trainer, cosine_lr, unwrap
 from .progress import Reporter
 from .runtime import setup_processes
-from .session import TrainingSession, distribute, seed_everything
+from .session import TrainingSession, distribute, load_training_slices, seed_everything
 from .transfer import init_channels, load_initial_weights, read_init
 
 # Cardiac cine frames of one patient (ED/ES, or numbered frames) form one group: they are never split
@@ -99,10 +99,13 @@ class FinetuneTask:
         self.model, self.train, self.val, self.config, self.num_classes = model, train, val, config, num_classes
 
     def loss(self, indices: torch.Tensor, generator: torch.Generator, offset: int, global_batch: int) -> torch.Tensor:
-        theta = random_affines(global_batch, self.config.augmentation, generator, self.train.images.device)
-        images, labels = augment_batch(self.train.images[indices], self.train.labels[indices],
-                                       theta[offset:offset + indices.shape[0]])
+        rows = torch.arange(offset, offset + indices.shape[0], device=indices.device)
+        augmentation = draw_augmentation(global_batch, rows, self.config.augmentation, generator, indices.device)
+        images, labels = augment_batch(self.train.images[indices], self.train.labels[indices], augmentation)
         return segmentation_loss(self.model(images), labels, self.config.dice_weight)
+
+    def epoch_metrics(self) -> Dict[str, float]:
+        return {}
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
@@ -145,10 +148,10 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
     procs, device_ = setup_processes(device)
     with TrainingSession(output, "finetune", procs, resume, stop_file) as session:
         saved = session.state
+        session.check_cases(cases)
         init_data = None
         if saved is not None:
             config, schema = from_dict(FinetuneConfig, saved["config"]), LabelSchema.from_dict(saved["labels"])
-            _check_same_cases(saved, cases)
         elif init is not None:
             init_data = read_init(init)
         config = replace(config, channels=config.channels or (init_channels(init_data) if init_data else DEFAULT_CHANNELS))
@@ -156,7 +159,12 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
         plan = from_dict(PreprocessingConfig, saved["preprocessing"]) if saved else _plan(cases, config, init_data)
         train_names, val_names = ((saved["split"]["train"], saved["split"]["val"]) if saved
                                   else split_validation([c.name for c in cases], config))
-        train, val = _load_data(cases, plan, schema, train_names, val_names, device_, reporter)
+        data = load_training_slices(cases, plan, schema, reporter)
+        train = data.select_volumes(train_names).to(device_)
+        val = data.select_volumes(val_names).to(device_) if val_names else None
+        reporter.message(f"training on {len(train_names)} volumes ({len(train)} slices)"
+                         + (f", validating on {len(val_names)}: {', '.join(val_names)}" if val_names
+                            else "; no validation split (too few patients): the last epoch is kept"))
         network = UNet(UNetConfig(num_classes=schema.num_classes, channels=tuple(config.channels)))
         init_report = saved["init"] if saved else None
         if init_data is not None:
@@ -169,7 +177,8 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
                           lambda step, total: cosine_lr(step, total, config.lr, config.min_lr),
                           config.loop, len(train), device_, procs, reporter, "finetune")
         record = {"config": to_dict(config), "labels": schema.to_dict(), "preprocessing": to_dict(plan),
-                  "split": {"train": train_names, "val": val_names}, "init": init_report}
+                  "cases": [c.name for c in cases], "split": {"train": train_names, "val": val_names},
+                  "init": init_report}
         state = session.run(trainer, model, optimizer, record)
         selected = state.best_epoch if state.best_weights is not None else state.epoch
         weights = state.best_weights if state.best_weights is not None else unwrap(model).state_dict()
@@ -182,26 +191,3 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
     metrics = {"selected_epoch": selected, **({"val_dice": state.best_score} if state.best_score is not None else {})}
     reporter.done(output=output, metrics=metrics)
     return {"output": output, **training}
-
-
-def _load_data(cases: Sequence[Case], plan: PreprocessingConfig, schema: LabelSchema, train_names: List[str],
-               val_names: List[str], device: torch.device, reporter: Reporter) -> Tuple[SliceData, Optional[SliceData]]:
-    """Read and preprocess the cases once; training and validation slices on ``device``."""
-    reporter.message(f"preprocessing: {plan.spacing} mm in-plane, {plan.size}x{plan.size} slices")
-    reporter.stage("load", len(cases))
-    prepared = load_cases(cases, plan, schema, progress=lambda i, n, name: reporter.progress("load", i, n, case=name))
-    data = SliceData.from_volumes(prepared, plan.size, with_labels=True)
-    train = data.select_volumes(train_names).to(device)
-    val = data.select_volumes(val_names).to(device) if val_names else None
-    reporter.message(f"training on {len(train_names)} volumes ({len(train)} slices)"
-                     + (f", validating on {len(val_names)}: {', '.join(val_names)}" if val_names
-                        else "; no validation split (too few patients): the last epoch is kept"))
-    return train, val
-
-
-def _check_same_cases(saved: Dict[str, Any], cases: Sequence[Case]) -> None:
-    recorded = sorted(saved["split"]["train"] + saved["split"]["val"])
-    given = sorted(c.name for c in cases)
-    if recorded != given:
-        raise MaclError(f"--resume: the interrupted run trained on {len(recorded)} cases ({', '.join(recorded[:4])}...), "
-                        f"but {len(given)} different cases were given; pass the same --images/--labels")

@@ -64,8 +64,11 @@ class Task(Protocol):
              global_batch: int) -> torch.Tensor:
         """Loss of the slices ``indices``: this process's part, starting at ``offset``, of a global batch."""
 
+    def epoch_metrics(self) -> Dict[str, float]:
+        """Metrics gathered during the epoch; called on every process (collectives allowed)."""
+
     def validate(self) -> Dict[str, float]:
-        """Validation metrics (may be empty); ``val_dice`` drives model selection when present."""
+        """Validation metrics, on the main process only; ``val_dice`` drives model selection when present."""
 
 
 @dataclass
@@ -107,6 +110,15 @@ def epoch_order(seed: int, epoch: int, num_samples: int, length: int) -> torch.T
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def mean_over_processes(value: torch.Tensor, procs: Processes) -> float:
+    """The mean of a scalar over all processes (the value itself with one process); waits for the device."""
+    if procs.distributed:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= procs.world_size
+    return float(value.item())
 
 
 def _any_rank(flag: bool, procs: Processes, device: torch.device) -> bool:
@@ -153,7 +165,7 @@ class Trainer:
                 state.global_step += 1
                 at_log = state.global_step % config.log_every == 0
                 if at_log or state.step_in_epoch == self.steps_per_epoch:
-                    self._report(state, (window_loss / window_steps).item(), started, steps_run)
+                    self._report(state, mean_over_processes(window_loss / window_steps, procs), started, steps_run)
                     window_loss, window_steps = torch.zeros((), device=self.device), 0
                 # One process checks every step; several agree at log points (a collective each time).
                 if state.step_in_epoch < self.steps_per_epoch and (at_log or not procs.distributed):
@@ -162,7 +174,7 @@ class Trainer:
                         return state, False
             state.epoch += 1
             state.step_in_epoch = 0
-            self._end_epoch(state, (epoch_loss / max(1, epoch_steps)).item(), started, steps_run)
+            self._end_epoch(state, mean_over_processes(epoch_loss / max(1, epoch_steps), procs), started, steps_run)
             stopping = _any_rank(stop.requested, procs, self.device)
             if stopping or state.epoch % config.checkpoint_every == 0 or state.epoch == config.epochs:
                 self.save_state(state)
@@ -196,11 +208,11 @@ class Trainer:
                                metrics=metrics or {}, eta=eta, elapsed=elapsed)
 
     def _end_epoch(self, state: TrainState, loss: float, started: float, steps_run: int) -> None:
-        metrics: Dict[str, float] = {}
+        metrics: Dict[str, float] = dict(self.task.epoch_metrics())
         due = self.config.validate_every and (state.epoch % self.config.validate_every == 0
                                               or state.epoch == self.config.epochs)
         if due and self.procs.is_main:
-            metrics = self.task.validate()
+            metrics.update(self.task.validate())
         entry = {"epoch": state.epoch, "loss": loss, "lr": self.schedule(state.global_step - 1, self.total_steps),
                  "elapsed": time.perf_counter() - started, **metrics}
         state.history.append(entry)

@@ -5,15 +5,21 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..data.dataset import SliceData, load_cases
+from ..data.preprocessing import PreprocessingConfig
 from ..errors import MaclError, TrainingInterrupted
+from ..io.pairing import Case
+from ..labels import LabelSchema
+from ..models.global_norm import convert_to_global_batchnorm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import Trainer, TrainState, unwrap
+from .progress import Reporter
 from .runtime import Processes, RunLock, StopRequest
 
 
@@ -30,12 +36,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def load_training_slices(cases: Sequence[Case], plan: PreprocessingConfig, schema: Optional[LabelSchema],
+                         reporter: Reporter) -> SliceData:
+    """Read and preprocess every case once (with labels when ``schema`` is given) into one slice set."""
+    reporter.message(f"preprocessing: {plan.spacing} mm in-plane, {plan.size}x{plan.size} slices")
+    reporter.stage("load", len(cases))
+    prepared = load_cases(cases, plan, schema, progress=lambda i, n, name: reporter.progress("load", i, n, case=name))
+    return SliceData.from_volumes(prepared, plan.size, with_labels=schema is not None)
+
+
 def distribute(model: nn.Module, procs: Processes, device: torch.device) -> nn.Module:
-    """Wrap for DDP when running under torchrun; BatchNorm becomes SyncBatchNorm so that statistics are
+    """Wrap for DDP when running under torchrun; BatchNorm becomes global BatchNorm so that statistics are
     those of the global batch, as in a single-process run."""
     if not procs.distributed:
         return model
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = convert_to_global_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
@@ -74,6 +89,15 @@ class TrainingSession:
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
+
+    def check_cases(self, cases: Sequence[Case]) -> None:
+        """When resuming, the cases must be those the interrupted run trained on."""
+        if self.state is None:
+            return
+        recorded, given = sorted(self.state["cases"]), sorted(c.name for c in cases)
+        if recorded != given:
+            raise MaclError(f"--resume: the interrupted run used {len(recorded)} cases ({', '.join(recorded[:3])}, ...), "
+                            f"but {len(given)} different cases were given; pass the same inputs as before")
 
     def run(self, trainer: Trainer, model: nn.Module, optimizer: torch.optim.Optimizer,
             payload: Dict[str, Any]) -> TrainState:

@@ -1,0 +1,138 @@
+"""Self-supervised MACL pretraining on unlabelled volumes (and the baseline variants, same code)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ..config import from_dict, to_dict
+from ..data.augment import AugmentationConfig, augment_batch, draw_augmentation
+from ..data.dataset import SliceData, read_case_geometries
+from ..data.preprocessing import PreprocessingConfig, plan_preprocessing
+from ..errors import PathLike
+from ..io.pairing import Case
+from ..losses.mlc import MLCLossConfig, mlc_loss
+from ..models.macl import MACLNet, MACLNetConfig
+from ..models.unet import DEFAULT_CHANNELS, UNetConfig
+from ..models.variants import get_variant
+from .loop import LoopConfig, Trainer, cosine_lr, mean_over_processes, unwrap
+from .progress import Reporter
+from .runtime import Processes, setup_processes
+from .session import TrainingSession, distribute, load_training_slices, seed_everything
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining settings; defaults follow the paper (SGD 0.1, momentum 0.9, cosine per iteration,
+    100 epochs, 16 slices per process, lambdas (1, 0.5, 1), tau 0.1, t 0.1).
+
+    Build it with :func:`pretrain_config` to start from a named variant (``macl``, ``pcl``, ...).
+    ``weight_decay`` (1e-4) is our choice; the paper does not give one.
+    """
+
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=100, batch_size=16))
+    variant: str = "macl"
+    network: MACLNetConfig = field(default_factory=MACLNetConfig)
+    loss: MLCLossConfig = field(default_factory=MLCLossConfig)
+    lr: float = 0.1
+    min_lr: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    channels: Tuple[int, ...] = DEFAULT_CHANNELS
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    spacing: Optional[float] = None
+    size: Optional[int] = None
+
+
+def pretrain_config(variant: str = "macl", **overrides: Any) -> PretrainConfig:
+    """A :class:`PretrainConfig` with the network and loss of a registered variant, then ``overrides``."""
+    spec = get_variant(variant)
+    base = PretrainConfig(variant=variant,
+                          network=MACLNetConfig(decoder_depth=spec.decoder_depth, symmetric=spec.symmetric),
+                          loss=MLCLossConfig(lambdas=spec.lambdas, positives=spec.positives))
+    return with_needed_heads(replace(base, **overrides))
+
+
+def with_needed_heads(config: PretrainConfig) -> PretrainConfig:
+    """Build only the projectors the loss uses: instance for L_g, pixel for L_d."""
+    l_global, l_dense, _ = config.loss.lambdas
+    return replace(config, network=replace(config.network, instance_head=l_global > 0, pixel_head=l_dense > 0))
+
+
+class PretrainTask:
+    """Two augmented views per slice through both branches; the MLC loss over the (global) batch."""
+
+    def __init__(self, model: torch.nn.Module, data: SliceData, config: PretrainConfig, procs: Processes) -> None:
+        self.model, self.data, self.config, self.procs = model, data, config, procs
+        self.scale = 2 ** config.network.decoder_depth
+        zero = torch.zeros((), device=data.images.device)
+        self._sums = {"global": zero.clone(), "dense": zero.clone(), "er": zero.clone()}
+        self._steps = 0
+
+    def loss(self, indices: torch.Tensor, generator: torch.Generator, offset: int, global_batch: int) -> torch.Tensor:
+        count = indices.shape[0]
+        # Views 0 and 1 of global slice g take the global draws g and global_batch + g.
+        ids = torch.arange(offset, offset + count, device=indices.device).repeat(2)
+        rows = ids + torch.arange(2, device=indices.device).repeat_interleave(count) * global_batch
+        augmentation = draw_augmentation(2 * global_batch, rows, self.config.augmentation, generator, indices.device)
+        views, _ = augment_batch(self.data.images[indices].repeat(2, 1, 1, 1), None, augmentation)
+        terms = mlc_loss(self.model(views), self.data.positions[indices].repeat(2), ids, self.config.loss, self.scale)
+        for name in self._sums:
+            self._sums[name] += terms[name].detach()
+        self._steps += 1
+        return terms["loss"]
+
+    def epoch_metrics(self) -> Dict[str, float]:
+        """Mean loss terms over the epoch's steps and all processes."""
+        if not self._steps:
+            return {}
+        means = {f"loss_{name}": mean_over_processes(total / self._steps, self.procs)
+                 for name, total in self._sums.items()}
+        for total in self._sums.values():
+            total.zero_()
+        self._steps = 0
+        return means
+
+    def validate(self) -> Dict[str, float]:
+        return {}  # no labels in pretraining
+
+
+def pretrain(cases: Sequence[Case], output: PathLike, config: PretrainConfig = PretrainConfig(),
+             device: str = "auto", reporter: Optional[Reporter] = None, resume: bool = False,
+             stop_file: Optional[str] = None) -> Dict[str, Any]:
+    """Pretrain the U-Net encoder and first decoder blocks on unlabelled volumes; write ``output``.
+
+    Returns a summary with the output path and the per-epoch history of the loss and its terms.
+    """
+    reporter = reporter or Reporter()
+    output = os.fspath(output)
+    procs, device_ = setup_processes(device)
+    with TrainingSession(output, "pretrain", procs, resume, stop_file) as session:
+        session.check_cases(cases)
+        config = from_dict(PretrainConfig, session.state["config"]) if session.state else with_needed_heads(config)
+        seed_everything(config.loop.seed)
+        plan = (from_dict(PreprocessingConfig, session.state["preprocessing"]) if session.state else
+                plan_preprocessing(read_case_geometries(cases), spacing=config.spacing, size=config.size))
+        data = load_training_slices(cases, plan, None, reporter).to(device_)
+        reporter.message(f"pretraining ({config.variant}) on {len(cases)} volumes, {len(data)} slices, "
+                         f"{procs.world_size} process(es) x {config.loop.batch_size} slices per step")
+        unet = UNetConfig(channels=tuple(config.channels))
+        model = distribute(MACLNet(unet, config.network).to(device_), procs, device_)
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+        trainer = Trainer(PretrainTask(model, data, config, procs), optimizer,
+                          lambda step, total: cosine_lr(step, total, config.lr, config.min_lr),
+                          config.loop, len(data), device_, procs, reporter, "pretrain")
+        record = {"config": to_dict(config), "preprocessing": to_dict(plan), "cases": [c.name for c in cases]}
+        state = session.run(trainer, model, optimizer, record)
+        pretraining = {"variant": config.variant, "decoder_depth": config.network.decoder_depth,
+                       "config": record["config"], "history": state.history, "cases": record["cases"],
+                       "seed": config.loop.seed, "processes": procs.world_size}
+        session.finish("pretrain", {"model": to_dict(unet), "preprocessing": record["preprocessing"],
+                                    "pretraining": pretraining,
+                                    "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}})
+    reporter.done(output=output, metrics={"final_loss": state.history[-1]["loss"] if state.history else None})
+    return {"output": output, **pretraining}
