@@ -1,0 +1,394 @@
+"""MACLSegment: label-efficient cardiac segmentation in 3D Slicer, wrapping MACLCore.
+
+Module, parameter node, Widget, Logic and Test, in the scripted-module template's order. The work is in
+the Qt-free ``MACLSegmentLib`` package beside this file; training and inference run as a background
+``maclcore`` process whose JSON progress the Widget polls with a timer, so Slicer stays responsive.
+"""
+
+import logging
+import os
+import pathlib
+import unittest
+from typing import Annotated, Any, Callable, Optional
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from MACLSegmentLib import dependencies, selftests
+from MACLSegmentLib.errors import JobCancelled
+from MACLSegmentLib.logic import CoreLogic
+from MACLSegmentLib.options import FinetuneOptions, PretrainOptions, SegmentOptions
+from MACLSegmentLib.parameters import pathOrNone
+from MACLSegmentLib.schema import defaultSchema, formatSchemaText, parseSchemaText
+
+POLL_INTERVAL_MS = 250
+
+
+#
+# MACLSegment
+#
+
+
+class MACLSegment(ScriptedLoadableModule):
+    """Module description shown by Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MACL Segment")
+        self.parent.categories = [_("Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MACLSegment developers"]
+        self.parent.helpText = _(
+            "Label-efficient cardiac MRI segmentation: pretrain on unlabelled volumes (MACL), annotate a few "
+            "cases, finetune a U-Net and segment new volumes. Jobs run in the background and can be cancelled. "
+            "See the <a href=\"https://github.com/MACLSegment/MACLSegment/blob/main/docs/slicer.md\">user guide</a>.")
+        self.parent.acknowledgementText = _("Built on MACLCore and PyTorch. Module layout follows the Slicer "
+                                            "extension template.")
+
+
+#
+# MACLSegmentParameterNode
+#
+
+
+@parameterNodeWrapper
+class MACLSegmentParameterNode:
+    """What the module remembers in the scene; fields equal MACLSegmentLib.parameters.FIELDS (tested).
+
+    Paths left empty read as ``.`` (an empty pathlib.Path); ``pathOrNone`` turns that into None.
+    """
+
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    gpuCount: Annotated[int, WithinRange(1, 64)] = 1
+    pretrainFolder: pathlib.Path
+    pretrainEpochs: Annotated[int, WithinRange(1, 100000)] = 100
+    pretrainBatchSize: Annotated[int, WithinRange(1, 4096)] = 16
+    pretrainOutput: pathlib.Path
+    schemaText: str = ""
+    finetunePretrained: pathlib.Path
+    finetuneEpochs: Annotated[int, WithinRange(1, 100000)] = 100
+    finetuneOutput: pathlib.Path
+    segmentModel: pathlib.Path
+    segmentVolume: vtkMRMLScalarVolumeNode
+
+
+#
+# MACLSegmentWidget
+#
+
+
+class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Binds the controls to the parameter node and calls the Logic; polls the running job with a timer."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._onJobSuccess: Optional[Callable[[Any], None]] = None
+        self._shownMessages = 0
+        self._dependencies = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MACLSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MACLSegmentLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onPollJob)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.installButton.connect("clicked(bool)", self.onInstall)
+        self.ui.pretrainButton.connect("clicked(bool)", self.onPretrain)
+        self.ui.schemaResetButton.connect("clicked(bool)", self.onResetSchema)
+        self.ui.annotateButton.connect("clicked(bool)", self.onAnnotate)
+        self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.pretrainVolumesComboBox.connect("checkedNodesChanged()", self.updatePretrainSummary)
+        self.ui.pretrainFolderPathLineEdit.connect("currentPathChanged(QString)", self.updatePretrainSummary)
+
+        self.initializeParameterNode()
+        self.updateDependencyStatus()
+
+    def cleanup(self) -> None:
+        """Called when the application closes: do not leave a training process behind."""
+        if self._job is not None and self._job.running:
+            self._job.cancel()
+        self._timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        p = self._parameterNode
+        if p.segmentVolume is None:
+            p.segmentVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        models = pathlib.Path(slicer.app.defaultScenePath) / "MACLSegment"
+        for name, fileName in (("pretrainOutput", "pretrained.pt"), ("finetuneOutput", "model.pt")):
+            if pathOrNone(getattr(p, name)) is None:
+                setattr(p, name, models / fileName)
+
+    def setParameterNode(self, parameterNode: Optional[MACLSegmentParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.fillDefaultSchema()
+        self.updateButtons()
+
+    # -- state shown in the GUI -------------------------------------------------------------------------------
+    def updateDependencyStatus(self) -> None:
+        self._dependencies = self.logic.checkDependencies()
+        self.ui.dependencyStatusLabel.text = self._dependencies.describe()
+        self.ui.gpuStatusLabel.text = self._dependencies.describeGpus()
+        self.ui.installButton.enabled = not self._dependencies.ready
+        self.fillDefaultSchema()
+        self.updatePretrainSummary()
+        self.updateButtons()
+
+    def fillDefaultSchema(self) -> None:
+        if self._parameterNode and not self._parameterNode.schemaText and self._ready():
+            self._parameterNode.schemaText = formatSchemaText(defaultSchema())
+
+    def updatePretrainSummary(self, *unused) -> None:
+        if not self._ready() or not self._parameterNode:
+            self.ui.pretrainSummaryLabel.text = ""
+            return
+        try:
+            count, size = self.logic.pretrainInputSummary(self.ui.pretrainVolumesComboBox.checkedNodes(),
+                                                          pathOrNone(self.ui.pretrainFolderPathLineEdit.currentPath))
+            self.ui.pretrainSummaryLabel.text = _("{count} volumes, {size:.1f} MB").format(count=count,
+                                                                                          size=size / 2 ** 20)
+        except ValueError as exc:
+            self.ui.pretrainSummaryLabel.text = str(exc)
+
+    def updateButtons(self, *unused) -> None:
+        idle = self._job is None or not self._job.running
+        ready = self._ready() and idle
+        for button in (self.ui.pretrainButton, self.ui.annotateButton, self.ui.finetuneButton,
+                       self.ui.segmentButton):
+            button.enabled = ready
+        self.ui.cancelButton.enabled = not idle
+
+    def _ready(self) -> bool:
+        return self._dependencies is not None and self._dependencies.ready
+
+    # -- actions -------------------------------------------------------------------------------------------
+    def onInstall(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
+            self.logic.installDependencies(confirm=slicer.util.confirmOkCancelDisplay,
+                                           installTorch=dependencies.pyTorchUtilsInstaller(),
+                                           pipInstall=slicer.util.pip_install)
+        self.updateDependencyStatus()
+
+    def onPretrain(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not start pretraining."), waitCursor=True):
+            output = pathOrNone(p.pretrainOutput)
+            options = PretrainOptions(epochs=p.pretrainEpochs, batchSize=p.pretrainBatchSize, device=p.device,
+                                      gpus=p.gpuCount, resume=self._askResume(output))
+            job = self.logic.pretrain(self.ui.pretrainVolumesComboBox.checkedNodes(), pathOrNone(p.pretrainFolder),
+                                      output, options)
+            self._watch(job, lambda model: setattr(p, "finetunePretrained", pathlib.Path(model)))
+
+    def onResetSchema(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not read the default label schema.")):
+            self._parameterNode.schemaText = formatSchemaText(defaultSchema())
+
+    def onAnnotate(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not create the annotations."), waitCursor=True):
+            schema = parseSchemaText(self._parameterNode.schemaText)
+            volumes = self.ui.annotateVolumesComboBox.checkedNodes() or [None]  # None: "no volume selected"
+            annotations = [self.logic.createAnnotation(volume, schema) for volume in volumes]
+            self._openSegmentEditor(annotations[0], volumes[0])
+
+    def onFinetune(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not start finetuning."), waitCursor=True):
+            output = pathOrNone(p.finetuneOutput)
+            pairs = self.logic.annotationPairs(self.ui.finetuneSegmentationsComboBox.checkedNodes())
+            options = FinetuneOptions(epochs=p.finetuneEpochs, device=p.device, resume=self._askResume(output))
+            job = self.logic.finetune(pairs, pathOrNone(p.finetunePretrained), output, options,
+                                      schema=parseSchemaText(p.schemaText))
+            self._watch(job, lambda model: setattr(p, "segmentModel", pathlib.Path(model)))
+
+    def onSegment(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
+            volume = p.segmentVolume
+            job = self.logic.segment(volume, pathOrNone(p.segmentModel), SegmentOptions(device=p.device))
+            self._watch(job, lambda node: slicer.util.setSliceViewerLayers(background=volume, fit=False))
+
+    def onCancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.jobStatusLabel.text = _("{name}: stopping after the current step...").format(name=self._job.name)
+
+    # -- the running job -----------------------------------------------------------------------------------
+    def _watch(self, job, onSuccess: Callable[[Any], None]) -> None:
+        self._job, self._onJobSuccess, self._shownMessages = job, onSuccess, 0
+        self.ui.jobLogTextEdit.clear()
+        self.ui.jobProgressBar.value = 0
+        self.ui.jobCollapsibleButton.collapsed = False
+        self._timer.start()
+        self.onPollJob()
+
+    def onPollJob(self) -> None:
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        running = job.poll()
+        progress = job.progress
+        self.ui.jobProgressBar.value = int(round(100 * progress.fraction))
+        self.ui.jobStatusLabel.text = f"{job.name}: {progress.describe()}"
+        for message in progress.messages[self._shownMessages:]:
+            self.ui.jobLogTextEdit.appendPlainText(message)
+        self._shownMessages = len(progress.messages)
+        if not running:
+            self._timer.stop()
+            self._concludeJob(job)
+        self.updateButtons()
+
+    def _concludeJob(self, job) -> None:
+        try:
+            with slicer.util.tryWithErrorDisplay(_("{name} did not complete.").format(name=job.name)):
+                try:
+                    result = job.finish()
+                except JobCancelled as exc:
+                    self.ui.jobStatusLabel.text = str(exc)
+                    return
+                self.ui.jobStatusLabel.text = _("{name} finished.").format(name=job.name)
+                self._onJobSuccess(result)
+        finally:
+            for line in job.stderrLines:
+                logging.debug("maclcore: %s", line)
+
+    def _askResume(self, output: Optional[str]) -> bool:
+        """Offer to continue an interrupted run on the same output; otherwise its old state is discarded."""
+        if not self.logic.resumeState(output):
+            return False
+        if slicer.util.confirmYesNoDisplay(_("An interrupted run left its state beside {output}. Continue that run? "
+                                             "(No starts over.)").format(output=output)):
+            return True
+        self.logic.discardResumeState(output)
+        return False
+
+    @staticmethod
+    def _openSegmentEditor(segmentationNode, volumeNode) -> None:
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.SegmentEditorWidget.editor
+        editor.setSegmentationNode(segmentationNode)
+        if hasattr(editor, "setSourceVolumeNode"):
+            editor.setSourceVolumeNode(volumeNode)
+        else:  # Slicer < 5.2
+            editor.setMasterVolumeNode(volumeNode)
+
+
+#
+# MACLSegmentLogic
+#
+
+
+class MACLSegmentLogic(ScriptedLoadableModuleLogic, CoreLogic):
+    """The module's actions (see ``MACLSegmentLib.logic.CoreLogic``), usable from scripts without the GUI::
+
+        logic = slicer.util.getModuleLogic("MACLSegment")
+        segmentation = logic.runToCompletion(logic.segment(volumeNode, "/path/model.pt"))
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        CoreLogic.__init__(self, temporaryFolder=os.path.join(slicer.app.temporaryPath, "MACLSegment"))
+
+    def getParameterNode(self):
+        return MACLSegmentParameterNode(super().getParameterNode())
+
+
+#
+# MACLSegmentTest
+#
+
+
+class MACLSegmentTest(ScriptedLoadableModuleTest):
+    """Self-tests: the bodies in MACLSegmentLib/selftests.py, which pytest also runs headless."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+        status = dependencies.checkDependencies(queryGpus=False)
+        if not status.ready:
+            self.skipTest(f"MACLSegment needs torch and MACLCore ({status.describe()}); use the Setup section")
+        self.context = selftests.SelfTestContext(scene=slicer.mrmlScene,
+                                                 applicationLogic=slicer.app.applicationLogic(),
+                                                 folder=slicer.util.tempDirectory("MACLSegmentTest"),
+                                                 log=logging.info)
+
+    def runTest(self) -> None:
+        """The Reload-and-Test button: every test in turn (ctest runs the test_ methods one by one)."""
+        for test in (self.test_BadInput, self.test_ParameterRoundTrip, self.test_JobError, self.test_Cancel,
+                     self.test_Pretrain, self.test_Walkthrough):
+            self.setUp()
+            try:
+                test()
+            except unittest.SkipTest as exc:
+                logging.info(f"{test.__name__} skipped: {exc}")
+
+    def test_Walkthrough(self) -> None:
+        self.delayDisplay("Phantoms in, annotate, finetune, segment, check the overlay")
+        results = selftests.runWalkthrough(self.context)
+        self.delayDisplay(f"Walkthrough passed: mean Dice {results['meanDice']:.3f}")
+
+    def test_BadInput(self) -> None:
+        selftests.testBadInput(self.context)
+        self.delayDisplay("Bad input is reported as one-line errors")
+
+    def test_JobError(self) -> None:
+        selftests.testJobError(self.context)
+        self.delayDisplay("A failing job reports a readable error")
+
+    def test_Cancel(self) -> None:
+        selftests.testCancel(self.context)
+        self.delayDisplay("Cancel stops the job and leaves its resumable state")
+
+    def test_Pretrain(self) -> None:
+        if not selftests.pretrainAvailable(self.context):
+            self.skipTest("this MACLCore has no 'maclcore pretrain' command")
+        selftests.testPretrain(self.context)
+        self.delayDisplay("Pretraining on scene volumes and a folder wrote a pretrained model")
+
+    def test_ParameterRoundTrip(self) -> None:
+        selftests.testParameterRoundTrip(self.context)
+        self.delayDisplay("Parameters survive saving and loading the scene")

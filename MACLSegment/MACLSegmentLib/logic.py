@@ -1,0 +1,263 @@
+"""The module's actions on MRML nodes; each long action returns a started :class:`BackgroundJob`.
+
+Usable without any GUI (scripts, tests)::
+
+    logic = CoreLogic()
+    annotation = logic.createAnnotation(volumeNode)          # then paint it in the Segment Editor
+    model = logic.runToCompletion(logic.finetune([(volumeNode, annotation)], None, "model.pt"))
+    segmentation = logic.runToCompletion(logic.segment(otherVolumeNode, model))
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import slicer
+
+from . import dependencies, scene_io
+from .errors import InputError, JobError
+from .jobs import BackgroundJob, runToCompletion
+from .options import FinetuneOptions, PretrainOptions, SegmentOptions
+from .schema import defaultSchema, matchSegments, registeredSchemaName
+
+ANNOTATION_SUFFIX = " annotation"
+RESULT_SUFFIX = " MACL segmentation"
+MODEL_ATTRIBUTE = "MACLSegment.Model"
+
+
+def defaultPythonExecutable() -> str:
+    """``PythonSlicer`` inside the Slicer application (Slicer's Python with its environment), else this Python."""
+    if hasattr(slicer, "app"):
+        found = shutil.which("PythonSlicer")
+        if not found:
+            raise JobError("PythonSlicer was not found next to Slicer; the installation looks incomplete")
+        return found
+    return sys.executable
+
+
+class CoreLogic:
+    """Every action of the module, taking MRML nodes and plain options.
+
+    Args:
+        scene: the MRML scene (default: ``slicer.mrmlScene`` at call time).
+        applicationLogic: gives the Volumes and Segmentations module logics (default: the application's).
+        pythonExecutable: Python that runs ``maclcore`` (default: :func:`defaultPythonExecutable`).
+        temporaryFolder: where job folders are made (default: the system's temporary folder).
+        environment: extra environment variables for the background processes.
+    """
+
+    def __init__(self, scene: Any = None, applicationLogic: Any = None, pythonExecutable: Optional[str] = None,
+                 temporaryFolder: Optional[str] = None, environment: Optional[Dict[str, str]] = None) -> None:
+        self._scene = scene
+        self._applicationLogic = applicationLogic
+        self._pythonExecutable = pythonExecutable
+        self.temporaryFolder = temporaryFolder
+        self.environment = dict(environment or {})
+
+    # -- context -----------------------------------------------------------------------------------------
+    @property
+    def scene(self) -> Any:
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    @property
+    def applicationLogic(self) -> Any:
+        if self._applicationLogic is not None:
+            return self._applicationLogic
+        return slicer.app.applicationLogic()
+
+    @property
+    def pythonExecutable(self) -> str:
+        return self._pythonExecutable or defaultPythonExecutable()
+
+    def segmentationsLogic(self) -> Any:
+        return scene_io.moduleLogic(self.applicationLogic, "Segmentations")
+
+    def maclcoreCommand(self, subcommand: str, arguments: Sequence[str], processes: int = 1) -> List[str]:
+        """``python -m maclcore SUBCOMMAND ...``; several processes run under torchrun (one per GPU)."""
+        if processes > 1:
+            launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        else:
+            launcher = []
+        return [self.pythonExecutable, *launcher, "-m", "maclcore", subcommand, *arguments]
+
+    def _jobFolder(self) -> str:
+        base = self.temporaryFolder or tempfile.gettempdir()
+        os.makedirs(base, exist_ok=True)
+        return tempfile.mkdtemp(prefix="MACLSegment-", dir=base)
+
+    def _startJob(self, name: str, subcommand: str, arguments: List[str], folder: str, stoppable: bool = True,
+                  processes: int = 1, finisher: Optional[Callable[[BackgroundJob], Any]] = None) -> BackgroundJob:
+        stopFile = os.path.join(folder, "stop") if stoppable else None
+        arguments = arguments + ["--progress", "json"] + (["--stop-file", stopFile] if stopFile else [])
+        job = BackgroundJob(name, self.maclcoreCommand(subcommand, arguments, processes), stopFile=stopFile,
+                            finisher=finisher, cleanupFolder=folder, environment=self.environment)
+        try:
+            return job.start()
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def runToCompletion(job: BackgroundJob, timeout: Optional[float] = None) -> Any:
+        """Wait for a job (blocking; for scripts and tests) and return its result."""
+        return runToCompletion(job, timeout)
+
+    # -- setup -------------------------------------------------------------------------------------------
+    @staticmethod
+    def checkDependencies(queryGpus: bool = True) -> dependencies.DependencyStatus:
+        return dependencies.checkDependencies(queryGpus)
+
+    @staticmethod
+    def installDependencies(confirm: Callable[[str], bool], installTorch: Callable[[], None],
+                            pipInstall: Callable[[str], None], **kwargs: Any) -> bool:
+        return dependencies.installDependencies(confirm, installTorch, pipInstall, **kwargs)
+
+    # -- pretrain ----------------------------------------------------------------------------------------
+    @staticmethod
+    def folderVolumes(folder: Optional[str]) -> List[str]:
+        """The volume files directly in ``folder`` (the kinds MACLCore reads)."""
+        if not folder:
+            return []
+        if not os.path.isdir(folder):
+            raise InputError(f"{folder}: folder does not exist")
+        from maclcore.io.volume import VOLUME_EXTENSIONS
+
+        return sorted(os.path.join(folder, entry) for entry in os.listdir(folder)
+                      if entry.lower().endswith(VOLUME_EXTENSIONS) and not entry.startswith("."))
+
+    def pretrainInputSummary(self, volumeNodes: Sequence[Any], folder: Optional[str]) -> Tuple[int, int]:
+        """(number of volumes, total bytes): scene volumes by their voxel data, folder files by file size."""
+        files = self.folderVolumes(folder)
+        size = sum(scene_io.volumeBytes(node) for node in volumeNodes) + sum(os.path.getsize(f) for f in files)
+        return len(volumeNodes) + len(files), size
+
+    def pretrain(self, volumeNodes: Sequence[Any], folder: Optional[str], outputPath: str,
+                 options: Optional[PretrainOptions] = None) -> BackgroundJob:
+        """Self-supervised pretraining on scene volumes and/or a folder's volumes; result: the model file."""
+        options = options or PretrainOptions()
+        volumeNodes = [node for node in volumeNodes if node is not None]
+        files = self.folderVolumes(folder)
+        if not volumeNodes and not files:
+            raise InputError("Pretrain: no volumes; select volumes in the scene or a folder that holds volumes")
+        outputPath = _checkOutput(outputPath, "Pretrain")
+        jobFolder = self._jobFolder()
+        inputs = [scene_io.writeVolume(node, os.path.join(jobFolder, "images", f"slicerscene{index:03d}.nrrd"))
+                  for index, node in enumerate(volumeNodes)]
+        arguments = ["--images", *inputs, *files, "--out", outputPath, *options.arguments()]
+        return self._startJob("Pretraining", "pretrain", arguments, jobFolder, processes=options.gpus,
+                              finisher=lambda job: _modelWritten(job, outputPath))
+
+    @staticmethod
+    def resumeState(outputPath: str) -> Optional[str]:
+        """The interrupted run's state beside ``outputPath`` (``MODEL.resume.pt``), or None."""
+        if not outputPath:
+            return None
+        output = os.path.abspath(os.fspath(outputPath))
+        path = (output[:-3] if output.endswith(".pt") else output) + ".resume.pt"  # MACLCore's naming
+        return path if os.path.isfile(path) else None
+
+    @classmethod
+    def discardResumeState(cls, outputPath: str) -> None:
+        """Delete an interrupted run's state, so that the next run starts over."""
+        path = cls.resumeState(outputPath)
+        if path:
+            os.remove(path)
+
+    # -- annotate ----------------------------------------------------------------------------------------
+    def createAnnotation(self, volumeNode: Any, schema: Any = None) -> Any:
+        """A new segmentation of ``volumeNode`` with the schema's segments, empty, ready for the Segment Editor."""
+        if volumeNode is None:
+            raise InputError("Annotate: no volume selected; choose the volumes to annotate")
+        schema = schema or defaultSchema()
+        return scene_io.createSchemaSegmentation(self.scene, volumeNode, schema,
+                                                 volumeNode.GetName() + ANNOTATION_SUFFIX)
+
+    @staticmethod
+    def annotationPairs(segmentationNodes: Sequence[Any]) -> List[Tuple[Any, Any]]:
+        """(volume, segmentation) for annotations made on a volume (their reference geometry)."""
+        pairs = []
+        for node in segmentationNodes:
+            volume = scene_io.referenceVolume(node)
+            if volume is None:
+                raise InputError(f"'{node.GetName()}': no volume is linked to this segmentation; create "
+                                 "annotations in the Annotate section")
+            pairs.append((volume, node))
+        return pairs
+
+    def annotationLabels(self, volumeNode: Any, segmentationNode: Any, schema: Any = None) -> Any:
+        """The annotation as a label map on the volume's grid, after checking schema and non-empty segments."""
+        if volumeNode is None:
+            raise InputError(f"'{segmentationNode.GetName()}': no volume selected for this annotation")
+        segmentIds = matchSegments(segmentationNode, schema or defaultSchema())
+        return scene_io.exportLabelMap(segmentationNode, segmentIds, volumeNode, self.segmentationsLogic())
+
+    # -- finetune ----------------------------------------------------------------------------------------
+    def finetune(self, pairs: Sequence[Tuple[Any, Any]], pretrainedModel: Optional[str], outputPath: str,
+                 options: Optional[FinetuneOptions] = None, schema: Any = None) -> BackgroundJob:
+        """Train a segmentation model on annotated (volume, segmentation) pairs; result: the model file."""
+        options = options or FinetuneOptions()
+        schema = schema or defaultSchema()
+        pairs = [(volume, segmentation) for volume, segmentation in pairs if segmentation is not None]
+        if not pairs:
+            raise InputError("Finetune: no annotated cases selected")
+        schemaName = registeredSchemaName(schema)
+        if schemaName is None:
+            raise InputError(f"Finetune: MACLCore trains registered label schemas only; "
+                             f"{', '.join(schema.names)} is not one of them")
+        if pretrainedModel and not os.path.isfile(pretrainedModel):
+            raise InputError(f"{pretrainedModel}: pretrained model file does not exist")
+        outputPath = _checkOutput(outputPath, "Finetune")
+        labelMaps = [self.annotationLabels(volume, segmentation, schema) for volume, segmentation in pairs]
+        jobFolder = self._jobFolder()
+        images, labels = os.path.join(jobFolder, "images"), os.path.join(jobFolder, "labels")
+        for index, ((volume, _), labelMap) in enumerate(zip(pairs, labelMaps)):
+            scene_io.writeVolume(volume, os.path.join(images, f"case{index:03d}_0000.nrrd"))
+            scene_io.writeLabelMap(labelMap, volume, os.path.join(labels, f"case{index:03d}.nrrd"))
+        arguments = ["--images", images, "--labels", labels, "--out", outputPath, "--labels-schema", schemaName]
+        if pretrainedModel:
+            arguments += ["--init", pretrainedModel]
+        return self._startJob("Finetuning", "finetune", arguments + options.arguments(), jobFolder,
+                              finisher=lambda job: _modelWritten(job, outputPath))
+
+    # -- segment -----------------------------------------------------------------------------------------
+    def segment(self, volumeNode: Any, modelPath: str, options: Optional[SegmentOptions] = None) -> BackgroundJob:
+        """Segment a volume; the job's result is a NEW segmentation node with the model's named segments."""
+        options = options or SegmentOptions()
+        if volumeNode is None:
+            raise InputError("Segment: no volume selected; choose the volume to segment")
+        if volumeNode.GetImageData() is None:
+            raise InputError(f"'{volumeNode.GetName()}': the volume has no voxel data")
+        if not modelPath:
+            raise InputError("Segment: no model file selected")
+        if not os.path.isfile(modelPath):
+            raise InputError(f"{modelPath}: model file does not exist")
+        jobFolder = self._jobFolder()
+        image = scene_io.writeVolume(volumeNode, os.path.join(jobFolder, "image.nrrd"))
+        result = os.path.join(jobFolder, "result.seg.nrrd")
+        arguments = ["--model", modelPath, "--image", image, "--out", result, *options.arguments()]
+
+        def load(job: BackgroundJob) -> Any:
+            node = scene_io.loadSegmentation(result, volumeNode, volumeNode.GetName() + RESULT_SUFFIX,
+                                             self.segmentationsLogic())
+            node.SetAttribute(MODEL_ATTRIBUTE, os.path.abspath(modelPath))
+            return node
+
+        return self._startJob("Segmentation", "predict", arguments, jobFolder, stoppable=False, finisher=load)
+
+
+def _checkOutput(outputPath: str, action: str) -> str:
+    if not outputPath:
+        raise InputError(f"{action}: no output model file given")
+    outputPath = os.path.abspath(os.fspath(outputPath))
+    if os.path.isdir(outputPath):
+        raise InputError(f"{outputPath}: is a folder; give a model file name such as model.pt")
+    os.makedirs(os.path.dirname(outputPath), exist_ok=True)
+    return outputPath
+
+
+def _modelWritten(job: BackgroundJob, outputPath: str) -> str:
+    if not os.path.isfile(outputPath):
+        raise JobError(f"{job.name} finished but wrote no model file at {outputPath}")
+    return outputPath

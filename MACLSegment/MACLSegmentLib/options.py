@@ -1,0 +1,119 @@
+"""Settings of the module's three jobs, as frozen dataclasses that turn into ``maclcore`` options."""
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from .errors import InputError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _checkDevice(device: str) -> None:
+    if not (device in DEVICES or device.startswith("cuda:")):
+        raise InputError(f"Device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+
+
+def _checkPositive(name: str, value: Optional[float]) -> None:
+    if value is not None and value <= 0:
+        raise InputError(f"{name} must be greater than 0, got {value}")
+
+
+@dataclass(frozen=True)
+class PretrainOptions:
+    """Self-supervised pretraining on unlabelled volumes.
+
+    Args:
+        epochs: passes over the slices.
+        batchSize: slices per step and GPU.
+        device: auto (CUDA when present), cpu, cuda or cuda:N.
+        gpus: number of GPUs; more than one launches the same job under torchrun, one process per GPU.
+        resume: continue the interrupted run whose state lies beside the output (``MODEL.resume.pt``).
+        extraArgs: further ``maclcore pretrain`` options, passed as given.
+    """
+
+    epochs: int = 100
+    batchSize: int = 16
+    device: str = "auto"
+    gpus: int = 1
+    resume: bool = False
+    extraArgs: Tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _checkPositive("Epochs", self.epochs)
+        _checkPositive("Batch size", self.batchSize)
+        _checkPositive("Number of GPUs", self.gpus)
+        _checkDevice(self.device)
+        if self.gpus > 1 and self.device == "cpu":
+            raise InputError(f"{self.gpus} GPUs were asked for, but the device is cpu")
+
+    def arguments(self) -> List[str]:
+        device = "cuda" if self.gpus > 1 else self.device
+        args = ["--epochs", str(self.epochs), "--batch-size", str(self.batchSize), "--device", device]
+        return args + (["--resume"] if self.resume else []) + list(self.extraArgs)
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Supervised finetuning on annotated cases.
+
+    Args:
+        epochs: passes over the training slices.
+        batchSize: slices per step.
+        device: auto, cpu, cuda or cuda:N.
+        stepsPerEpoch: steps per epoch (None: one pass over the slices).
+        spacing, size, channels: preprocessing and network width (None: MACLCore derives them).
+        seed: random seed (None: MACLCore's default).
+        resume: continue the interrupted run whose state lies beside the output (``MODEL.resume.pt``).
+        extraArgs: further ``maclcore finetune`` options, passed as given.
+    """
+
+    epochs: int = 100
+    batchSize: int = 8
+    device: str = "auto"
+    stepsPerEpoch: Optional[int] = None
+    spacing: Optional[float] = None
+    size: Optional[int] = None
+    channels: Optional[Tuple[int, ...]] = None
+    seed: Optional[int] = None
+    resume: bool = False
+    extraArgs: Tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for name, value in (("Epochs", self.epochs), ("Batch size", self.batchSize),
+                            ("Steps per epoch", self.stepsPerEpoch), ("Spacing", self.spacing),
+                            ("Size", self.size)):
+            _checkPositive(name, value)
+        _checkDevice(self.device)
+
+    def arguments(self) -> List[str]:
+        args = ["--epochs", str(self.epochs), "--batch-size", str(self.batchSize), "--device", self.device]
+        optional = (("--steps-per-epoch", self.stepsPerEpoch), ("--spacing", self.spacing), ("--size", self.size),
+                    ("--seed", self.seed))
+        for option, value in optional:
+            if value is not None:
+                args += [option, str(value)]
+        if self.channels:
+            args += ["--channels", ",".join(str(c) for c in self.channels)]
+        if self.resume:
+            args.append("--resume")
+        return args + list(self.extraArgs)
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Inference on one volume.
+
+    Args:
+        device: auto, cpu, cuda or cuda:N.
+        batchSize: slices per forward pass (halved automatically by MACLCore when memory runs out).
+    """
+
+    device: str = "auto"
+    batchSize: int = 16
+
+    def __post_init__(self) -> None:
+        _checkPositive("Batch size", self.batchSize)
+        _checkDevice(self.device)
+
+    def arguments(self) -> List[str]:
+        return ["--device", self.device, "--batch-size", str(self.batchSize)]

@@ -1,0 +1,40 @@
+"""The module's self-tests (the bodies Slicer's self-test runs), headless against slicer-core MRML."""
+
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core (real Slicer MRML) is not installed")
+
+from MACLSegmentLib import selftests  # noqa: E402
+
+
+@pytest.mark.slow
+def test_walkthrough_volumes_in_segmentation_out(selfTestContext, capsys):
+    results = selftests.runWalkthrough(selfTestContext)
+    with capsys.disabled():
+        print(f"\nMACLSegment walkthrough: {results}")
+    assert results["meanDice"] > selftests.MIN_MEAN_DICE
+
+
+def test_bad_input_is_a_one_line_value_error(selfTestContext):
+    selftests.testBadInput(selfTestContext)
+
+
+@pytest.mark.slow
+def test_process_error_is_readable(selfTestContext):
+    selftests.testJobError(selfTestContext)
+
+
+@pytest.mark.slow
+def test_cancel_stops_cleanly_and_leaves_resume_state(selfTestContext):
+    selftests.testCancel(selfTestContext)
+
+
+def test_parameters_survive_scene_save_and_reload(selfTestContext):
+    selftests.testParameterRoundTrip(selfTestContext)
+
+
+@pytest.mark.slow
+def test_pretrain_from_scene_and_folder(selfTestContext):
+    if not selftests.pretrainAvailable(selfTestContext):
+        pytest.skip("this MACLCore has no 'maclcore pretrain' command yet")
+    selftests.testPretrain(selfTestContext)

@@ -1,0 +1,163 @@
+"""The thin Qt layer, checked without Qt: every control the Widget uses exists in the .ui file with a
+fitting class, the .ui binds only known parameters with widgets the parameter-node wrapper can connect,
+and the wrapper's fields equal the Qt-free parameter list the Logic and tests use."""
+
+import ast
+import pathlib
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from MACLSegmentLib import parameters
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MODULE = ROOT / "MACLSegment" / "MACLSegment.py"
+UI = ROOT / "MACLSegment" / "Resources" / "UI" / "MACLSegment.ui"
+LIB = ROOT / "MACLSegment" / "MACLSegmentLib"
+
+# Name suffix -> classes such a control may have.
+SUFFIX_CLASSES = {
+    "CollapsibleButton": {"ctkCollapsibleButton"},
+    "Button": {"QPushButton", "QToolButton"},
+    "CheckableComboBox": {"qMRMLCheckableNodeComboBox"},
+    "ComboBox": {"QComboBox", "qMRMLCheckableNodeComboBox", "qMRMLNodeComboBox"},
+    "Selector": {"qMRMLNodeComboBox"},
+    "Label": {"QLabel"},
+    "PathLineEdit": {"ctkPathLineEdit"},
+    "SpinBox": {"QSpinBox"},
+    "TextEdit": {"QTextEdit", "QPlainTextEdit"},
+    "ProgressBar": {"QProgressBar"},
+}
+# Parameter kind -> widget classes Slicer's parameterNodeWrapper connects it to (guiConnectors.py).
+KIND_CLASSES = {"int": {"QSpinBox", "QSlider"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+                "str": {"QLineEdit", "QTextEdit", "QComboBox"}, "bool": {"QCheckBox", "QPushButton"},
+                "path": {"ctkPathLineEdit", "ctkDirectoryButton"}, "node": {"qMRMLNodeComboBox"}}
+MRML_CLASSES = {"qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox"}
+QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QSpinBox", "QTextEdit", "QPlainTextEdit",
+              "QProgressBar", "QLineEdit", "QCheckBox"}
+
+
+@pytest.fixture(scope="module")
+def ui():
+    return ET.parse(UI).getroot()
+
+
+def widgets(root):
+    return {w.get("name"): w.get("class") for w in root.iter("widget")}
+
+
+def test_ui_names_are_unique(ui):
+    names = [w.get("name") for w in ui.iter("widget")]
+    assert len(names) == len(set(names))
+
+
+def test_every_control_the_widget_uses_exists_with_a_fitting_class(ui):
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    assert used, "the Widget references no controls?"
+    found = widgets(ui)
+    for name in sorted(used):
+        assert name in found, f"MACLSegment.py uses self.ui.{name}, which the .ui file lacks"
+        suffix = next(s for s in SUFFIX_CLASSES if name.endswith(s))
+        assert found[name] in SUFFIX_CLASSES[suffix], f"{name} is a {found[name]}"
+
+
+def test_every_class_in_the_ui_is_known(ui):
+    custom = {c.findtext("class") for c in ui.iter("customwidget")}
+    for name, cls in widgets(ui).items():
+        assert cls in QT_CLASSES or cls in custom, f"{name}: {cls} is neither Qt nor a declared custom widget"
+
+
+def test_mrml_widgets_receive_the_scene(ui):
+    receivers = {c.findtext("receiver") for c in ui.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    for name, cls in widgets(ui).items():
+        if cls in MRML_CLASSES:
+            assert name in receivers, f"{name} is not connected to the scene"
+
+
+def bound_parameters(ui):
+    bound = {}
+    for widget in ui.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.findtext("string")] = widget.get("class")
+    return bound
+
+
+def test_ui_binds_every_parameter_to_a_connectable_widget(ui):
+    bound = bound_parameters(ui)
+    assert set(bound) == set(parameters.FIELDS_BY_NAME)
+    for name, cls in bound.items():
+        kind = parameters.FIELDS_BY_NAME[name].kind
+        assert cls in KIND_CLASSES[kind], f"{name} ({kind}) is bound to a {cls}"
+
+
+def wrapper_fields():
+    tree = ast.parse(MODULE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MACLSegmentParameterNode")
+    fields = {}
+    for statement in cls.body:
+        if isinstance(statement, ast.AnnAssign):
+            annotation = ast.unparse(statement.annotation)
+            default = ast.literal_eval(statement.value) if statement.value is not None else None
+            fields[statement.target.id] = (annotation, default)
+    return fields
+
+
+def test_parameter_node_wrapper_matches_the_qt_free_parameter_list():
+    kinds = {"int": "int", "str": "str", "float": "float", "bool": "bool", "path": "pathlib.Path"}
+    fields = wrapper_fields()
+    assert list(fields) == [f.name for f in parameters.FIELDS]
+    for field in parameters.FIELDS:
+        annotation, default = fields[field.name]
+        expected = field.nodeClass if field.kind == "node" else kinds[field.kind]
+        assert annotation == expected or annotation.startswith(f"Annotated[{expected},"), (field.name, annotation)
+        if field.kind in ("int", "str", "float", "bool"):
+            assert default == field.default, field.name
+        else:
+            assert default is None, f"{field.name}: the wrapper's default is its type's empty value"
+
+
+def test_module_file_compiles():
+    compile(MODULE.read_text(), str(MODULE), "exec")
+
+
+def test_lib_imports_no_qt_and_no_third_party_at_file_scope():
+    allowed = {"slicer", "vtk", "__future__"}
+    stdlib = set(getattr(__import__("sys"), "stdlib_module_names", ()))
+    for path in LIB.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for name in names:
+                    top = name.split(".")[0]
+                    assert top not in ("qt", "ctk"), f"{path.name} imports {name}"
+        for node in tree.body:  # file scope only
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                tops = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                assert top in allowed or top in stdlib, f"{path.name} imports {top} at file scope"
+
+
+def test_cmake_lists_every_script_and_resource():
+    cmake = (ROOT / "MACLSegment" / "CMakeLists.txt").read_text()
+    for path in sorted(LIB.glob("*.py")):
+        assert f"${{MODULE_NAME}}Lib/{path.name}" in cmake, f"{path.name} is missing from MACLSegment/CMakeLists.txt"
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
+        assert resource in cmake
+    assert "slicer_add_python_unittest" in cmake and "WITH_GENERIC_TESTS" in cmake
+
+
+def test_icons_are_128_pixel_pngs():
+    for path in (ROOT / "MACLSegment.png", ROOT / "MACLSegment" / "Resources" / "Icons" / "MACLSegment.png"):
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert (width, height) == (128, 128), path
