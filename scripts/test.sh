@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 set +e
-.venv/bin/python -m pytest MACLCore/tests Testing/Python -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest MACLCore/tests Testing/Python benchmarks/tests -q -p no:cacheprovider "$@"
 status=$?
 set -e
 if [ $status -eq 5 ]; then

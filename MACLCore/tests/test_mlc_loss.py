@@ -7,7 +7,14 @@ import torch
 
 from maclcore.losses.mlc import MLCLossConfig, contrastive_term, mlc_loss, positive_mask
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """The references compute in double precision; restore the default for the tests that follow."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def cosine(a, b):

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from .config import to_dict
 from .data.phantom import write_phantom_dataset
+from .errors import ConfigError
 from .evaluation.evaluate import evaluate_folders, format_summary
 from .evaluation.overlay import save_overlay_png
 from .inference.predict import predict_files
@@ -47,6 +48,13 @@ class DemoConfig:
     channels: Tuple[int, ...] = (16, 32, 64, 128, 256)
     seed: int = 0
     pretrain: bool = True
+
+    def __post_init__(self) -> None:
+        # Checked before any phantom is written; the names are the demo's options.
+        for name, least in (("pretrain_epochs", 1), ("finetune_epochs", 1), ("unlabelled", 0), ("labelled", 1),
+                            ("test", 1)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(self, name)}")
 
 
 def _make_data(folder: str, config: DemoConfig) -> Dict[str, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -26,8 +26,10 @@ class ConfigError(MaclError):
 
 
 class TrainingInterrupted(MaclError):
-    """Training stopped on request (Ctrl-C or cancel); a resumable checkpoint was written."""
+    """Training stopped on request (Ctrl-C or cancel); ``checkpoint`` is the resumable state (None: stopped
+    before there was any)."""
 
-    def __init__(self, checkpoint: PathLike) -> None:
-        self.checkpoint = os.fspath(checkpoint)
-        super().__init__(f"stopped; progress saved in {self.checkpoint} (run again with --resume to continue)")
+    def __init__(self, checkpoint: Optional[PathLike] = None) -> None:
+        self.checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
+        super().__init__(f"stopped; progress saved in {self.checkpoint} (run again with --resume to continue)"
+                         if self.checkpoint else "stopped before training began; nothing was saved")

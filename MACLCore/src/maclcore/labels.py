@@ -16,10 +16,15 @@ RGB = Tuple[float, float, float]
 
 @dataclass(frozen=True)
 class LabelSchema:
-    """Names and RGB colours (0..1) of the foreground labels 1..K."""
+    """Names and RGB colours (0..1) of the foreground labels 1..K.
+
+    ``single_component``: each label is one connected object (true of the cardiac structures), so
+    predictions keep only each label's largest connected component.
+    """
 
     names: Tuple[str, ...]
     colors: Tuple[RGB, ...]
+    single_component: bool = True
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -37,13 +42,15 @@ class LabelSchema:
         """Number of output classes including background."""
         return len(self.names) + 1
 
-    def to_dict(self) -> Dict[str, list]:
-        return {"names": list(self.names), "colors": [list(c) for c in self.colors]}
+    def to_dict(self) -> Dict[str, object]:
+        return {"names": list(self.names), "colors": [list(c) for c in self.colors],
+                "single_component": self.single_component}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Sequence]) -> "LabelSchema":
         return cls(names=tuple(str(n) for n in data["names"]),
-                   colors=tuple(tuple(float(v) for v in c) for c in data["colors"]))  # type: ignore[misc]
+                   colors=tuple(tuple(float(v) for v in c) for c in data["colors"]),  # type: ignore[misc]
+                   single_component=bool(data.get("single_component", True)))
 
     def value_of(self, name: str) -> int:
         """Label value of a segment name (case-insensitive); raises KeyError when unknown."""
@@ -64,8 +71,31 @@ SCHEMAS: Dict[str, LabelSchema] = {"cardiac": CARDIAC}
 
 
 def get_schema(name: str) -> LabelSchema:
-    """Look up a registered schema by name."""
-    try:
+    """A registered schema by name, or one read from a JSON file ``{"names": [...], "colors": [[r, g, b], ...]}``
+    (colours in 0..1), for label sets edited by the user (e.g. in the Slicer module)."""
+    if name in SCHEMAS:
         return SCHEMAS[name]
-    except KeyError:
-        raise ConfigError(f"--labels-schema: unknown schema {name!r} (known: {', '.join(SCHEMAS)})") from None
+    if name.lower().endswith(".json"):
+        return read_schema_file(name)
+    raise ConfigError(f"--labels-schema: unknown schema {name!r} (known: {', '.join(SCHEMAS)}, or a .json file)")
+
+
+def read_schema_file(path: str) -> LabelSchema:
+    """Read a label schema from JSON; problems are reported against the file."""
+    import json
+
+    from .errors import InputError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise InputError(path, f"is not valid JSON ({exc})") from None
+    try:
+        return LabelSchema.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"is not a label schema: it needs 'names' and 'colors' lists ({exc})") from None
+    except ConfigError as exc:
+        raise InputError(path, str(exc)) from None

@@ -30,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--val-fraction", type=float,
                         help=f"share of patients held out for model selection (default {defaults.val_fraction}; "
                              f"used with at least {defaults.min_val_groups} patients)")
+    parser.add_argument("--min-val-groups", type=int,
+                        help=f"hold out a validation split only with at least this many patients "
+                             f"(default {defaults.min_val_groups})")
     add_schema_option(parser)
     add_loop_options(parser, defaults.loop)
     add_preprocessing_options(parser)
@@ -41,6 +44,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     base = FinetuneConfig()
     return replace(base, loop=loop_config(args, base.loop), augmentation=augmentation_config(args, base.augmentation),
                    **given(args, lr="lr", dice_weight="dice_weight", val_fraction="val_fraction",
+                           min_val_groups="min_val_groups",
                            spacing="spacing", size="size", channels="channels"))
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import traceback
-from typing import List, Optional
+from typing import Any, Iterator, List, Optional
 
 from .. import __version__
 from ..errors import MaclError, TrainingInterrupted
 from ..training.progress import Reporter, make_reporter
+from ..training.runtime import is_out_of_memory
 from . import demo, evaluate, finetune, predict, pretrain
 
 COMMANDS = (pretrain, finetune, predict, evaluate, demo)
@@ -41,36 +45,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (how a GUI cancels a job) unwinds like Ctrl-C: temp files are removed and the exit code is 130.
+    Training replaces this with its polite stop (finish the step, save) while it runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     reporter: Reporter = make_reporter(args.progress)
     prog = f"maclcore {args.command}"
     try:
-        return int(args.run(args, reporter) or 0)
+        with terminate_as_interrupt():
+            return int(args.run(args, reporter) or 0)
     except TrainingInterrupted as exc:
         reporter.close()
         reporter.message(str(exc))
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except MaclError as exc:
-        reporter.error(str(exc))
-        if args.debug:
-            traceback.print_exc()
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         reporter.error("interrupted")
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except MemoryError:
-        reporter.error("out of memory")
-        print(f"{prog}: error: out of memory; use fewer or smaller volumes, or a smaller --batch-size",
-              file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:
-        # Disk full, permission denied on an output, ... : name the file, no traceback.
-        message = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+    except Exception as exc:
+        message = error_message(exc)
         reporter.error(message)
         if args.debug:
             traceback.print_exc()
@@ -78,3 +89,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_ERROR
     finally:
         reporter.close()
+
+
+def error_message(exc: Exception) -> str:
+    """One line for any failure: the user's to fix (MaclError), the system's (files, memory), or a bug."""
+    if isinstance(exc, MaclError):
+        return str(exc)
+    if isinstance(exc, MemoryError) or is_out_of_memory(exc):
+        return "out of memory; use a smaller --batch-size, fewer or smaller volumes, or --device cpu"
+    if isinstance(exc, OSError):  # disk full, permission denied on an output, ...: name the file
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"unexpected {type(exc).__name__}: {detail} (please report it; --debug shows where it happened)"

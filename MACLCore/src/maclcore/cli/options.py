@@ -19,6 +19,14 @@ def int_list(text: str) -> Tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _pair(text: str) -> Tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers LOW,HIGH, got {text!r}") from None
+    return low, high
+
+
 def add_loop_options(parser: argparse.ArgumentParser, defaults: LoopConfig) -> None:
     group = parser.add_argument_group("training length")
     group.add_argument("--epochs", type=int, help=f"passes over the training slices (default {defaults.epochs})")
@@ -29,6 +37,8 @@ def add_loop_options(parser: argparse.ArgumentParser, defaults: LoopConfig) -> N
     group.add_argument("--checkpoint-every", type=int,
                        help=f"save the resumable state every N epochs (default {defaults.checkpoint_every})")
     group.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the network: a slower start, faster steps (worth it on a GPU)")
     group.add_argument("--resume", action="store_true",
                        help="continue an interrupted run from OUT's .resume.pt state")
     group.add_argument("--stop-file", help="stop cleanly (resumable) when this file appears; the portable "
@@ -38,7 +48,7 @@ def add_loop_options(parser: argparse.ArgumentParser, defaults: LoopConfig) -> N
 def loop_config(args: argparse.Namespace, base: LoopConfig) -> LoopConfig:
     return replace(base, **given(args, epochs="epochs", batch_size="batch_size", steps_per_epoch="steps_per_epoch",
                                  seed="seed", checkpoint_every="checkpoint_every"),
-                   amp=base.amp and not args.no_amp)
+                   amp=base.amp and not args.no_amp, compile=base.compile or args.compile)
 
 
 def add_augmentation_options(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +57,13 @@ def add_augmentation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rotation", type=float, help=f"max rotation in degrees (default {defaults.rotation})")
     group.add_argument("--translation", type=float,
                        help=f"max shift as a fraction of the slice size (default {defaults.translation})")
+    group.add_argument("--scale", type=_pair, metavar="LOW,HIGH",
+                       help=f"zoom range (default {defaults.scale[0]},{defaults.scale[1]})")
     group.add_argument("--no-augment", action="store_true", help="train without augmentation")
 
 
 def augmentation_config(args: argparse.Namespace, base: AugmentationConfig) -> AugmentationConfig:
-    return replace(base, **given(args, rotation="rotation", translation="translation"),
+    return replace(base, **given(args, rotation="rotation", translation="translation", scale="scale"),
                    enabled=base.enabled and not args.no_augment)
 
 
@@ -64,9 +76,10 @@ def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_schema_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--labels-schema", default="cardiac", choices=sorted(SCHEMAS),
-                        help="names and colours of the labels (default: cardiac = RV cavity, LV myocardium, "
-                             "LV cavity)")
+    parser.add_argument("--labels-schema", default="cardiac", metavar="NAME_OR_JSON",
+                        help=f"names and colours of the labels: {', '.join(sorted(SCHEMAS))} (default: cardiac = "
+                             "RV cavity, LV myocardium, LV cavity), or a JSON file {\"names\": [...], "
+                             "\"colors\": [[r, g, b], ...]} with colours in 0..1")
 
 
 def given(args: argparse.Namespace, **mapping: str) -> dict:

@@ -22,11 +22,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                                             "seg.nrrd, mha (default nii.gz)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16; "
                                                                    "halved automatically when memory runs out)")
+    parser.add_argument("--no-postprocess", action="store_true",
+                        help="keep every predicted island (default: keep each label's largest connected component)")
     return parser
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     images = [case.image for case in find_images(args.image)]
     predict_files(args.model, images, args.out, fmt=args.format, device=args.device, batch_size=args.batch_size,
-                  reporter=reporter)
+                  postprocess=not args.no_postprocess, reporter=reporter)
     return 0

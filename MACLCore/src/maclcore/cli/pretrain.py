@@ -35,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="pretraining method: " + "; ".join(f"{k} = {v.label}" for k, v in VARIANTS.items()))
     base = PretrainConfig()
     parser.add_argument("--lr", type=float, help=f"SGD learning rate (default {base.lr})")
+    parser.add_argument("--warmup", type=float,
+                        help=f"fraction of the steps with a linear learning-rate warm-up (default {base.warmup})")
     parser.add_argument("--decoder-depth", type=int, help="decoder blocks pretrained (0-4; default from --variant)")
     parser.add_argument("--lambdas", type=_floats, help="weights of L_g, L_d, L_ER (default from --variant)")
     parser.add_argument("--temperature", type=float, help=f"contrastive temperature (default {base.loss.temperature})")
@@ -53,7 +55,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
                                                        threshold="threshold"))
     return replace(config, network=network, loss=loss, loop=loop_config(args, config.loop),
                    augmentation=augmentation_config(args, config.augmentation),
-                   **given(args, lr="lr", spacing="spacing", size="size", channels="channels"))
+                   **given(args, lr="lr", warmup="warmup", spacing="spacing", size="size", channels="channels"))
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:

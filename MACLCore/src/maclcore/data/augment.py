@@ -25,9 +25,12 @@ from ..errors import ConfigError
 class AugmentationConfig:
     """Ranges of the random affine transform (uniform draws)."""
 
-    rotation: float = 15.0  # degrees, in [-rotation, rotation]
+    # Full-circle rotation: short-axis stacks come in any in-plane orientation (ACDC's range over ~180
+    # degrees), and a few labelled cases cannot show them all. Scale covers hearts of different sizes and
+    # files whose spacing is only nominal.
+    rotation: float = 180.0  # degrees, in [-rotation, rotation]
     translation: float = 0.1  # fraction of the image size, in [-translation, translation] per axis
-    scale: Tuple[float, float] = (0.85, 1.15)  # zoom factor range
+    scale: Tuple[float, float] = (0.75, 1.33)  # zoom factor range (log-uniform)
     gamma: Tuple[float, float] = (0.7, 1.5)  # intensity exponent range (1, 1: off)
     gain: Tuple[float, float] = (0.9, 1.1)  # intensity factor range (1, 1: off)
     enabled: bool = True

@@ -35,8 +35,11 @@ def load_case(case: Case, config: PreprocessingConfig, schema: Optional[LabelSch
         label = read_label_map(case.label, schema, reference=volume.geometry)
         if not label.any():
             raise InputError(case.label, "is empty: it has no labelled voxels")
-    prepared = prepare_volume(case.name, volume.array, volume.geometry, config, label,
-                              schema.num_classes if schema else 0)
+    try:
+        prepared = prepare_volume(case.name, volume.array, volume.geometry, config, label,
+                                  schema.num_classes if schema else 0)
+    except InputError as exc:  # name the file, not the case
+        raise InputError(case.image, exc.problem) from None
     prepared.meta["image"] = case.image
     return prepared
 

@@ -25,6 +25,7 @@ from ..io.volume import Geometry
 
 SIZE_MULTIPLE = 16  # four 2x2 poolings in the U-Net
 MAX_SLICE_PIXELS = 2048  # a resampled slice larger than this means the file's spacing is implausible
+MIN_SLICE_PIXELS = 4  # ... and one narrower than this too (or a volume that is not a stack of slices)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def plan_preprocessing(geometries: Iterable[Geometry], spacing: Optional[float] 
     since slices are never cropped.
     """
     geometries = list(geometries)
+    if spacing is not None and not (spacing > 0 and math.isfinite(spacing)):
+        raise ConfigError(f"--spacing must be a positive number of mm, got {spacing}")
     if not geometries:
         raise ConfigError("no volumes to plan preprocessing from")
     if spacing is None:
@@ -133,7 +136,7 @@ def prepare_volume(name: str, array: np.ndarray, geometry: Geometry, config: Pre
                    label: Optional[np.ndarray] = None, num_classes: int = 0) -> PreparedVolume:
     """Normalise and resample one volume (and its label map) to ``config``'s spacing."""
     shape = resampled_shape(geometry, config.spacing)
-    if max(shape) > MAX_SLICE_PIXELS:
+    if max(shape) > MAX_SLICE_PIXELS or min(shape) < MIN_SLICE_PIXELS:
         raise InputError(name, f"its in-plane spacing {in_plane_spacing(geometry)} mm would make slices of "
                                f"{shape[0]}x{shape[1]} pixels at {config.spacing} mm; check the file's spacing")
     image = normalise_intensity(array, config.percentiles)

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 from ..errors import InputError, PathLike
 from ..io.atomic import write_text_atomic
 from ..io.pairing import pair_cases
-from ..io.segmentation import read_label_map
+from ..io.segmentation import LABEL_EXTENSIONS, read_label_map
 from ..io.volume import read_geometry
 from ..labels import CARDIAC, LabelSchema
 from ..training.checkpoint import provenance
@@ -26,7 +26,7 @@ def evaluate_folders(predictions: PathLike, labels: PathLike, schema: LabelSchem
     ``CASE.seg.nrrd``); both must lie on the same grid.
     """
     reporter = reporter or Reporter()
-    pairs = pair_cases(predictions, labels)
+    pairs = pair_cases(predictions, labels, image_extensions=LABEL_EXTENSIONS)
     reporter.stage("evaluate", len(pairs))
     cases: Dict[str, Any] = {}
     for index, pair in enumerate(pairs):
@@ -53,13 +53,17 @@ def format_summary(report: Dict[str, Any]) -> str:
     """A small text table: one row per class, then the mean over foreground classes."""
     summary = report["summary"]
     metrics = [m for m in ("dice", "iou", "hd95") if m in summary["mean_foreground"]]
-    header = f"{'class':<16}" + "".join(f"{m + ' (mm)' if m == 'hd95' else m:>22}" for m in metrics)
-    lines = [f"{len(report['cases'])} cases", header]
+    header = f"{'class':<16}" + "".join(f"{m + ' (mm)' if m == 'hd95' else m:>20}" for m in metrics)
+    lines = [f"{len(report['cases'])} cases (mean ± std over cases)", header]
+    undefined = []
     for name in list(report["classes"]) + ["mean_foreground"]:
         cells = []
         for metric in metrics:
             stat = summary[name][metric]
-            extra = f" [{stat['undefined']} undef]" if stat["undefined"] else ""
-            cells.append(f"{stat['mean']:.4f} ± {stat['std']:.4f}{extra}".rjust(22))
+            cells.append(f"{stat['mean']:.4f} ± {stat['std']:.4f}".rjust(20))
+            if stat["undefined"]:
+                undefined.append(f"{name} {metric}: {stat['undefined']}")
         lines.append(f"{name:<16}" + "".join(cells))
+    if undefined:
+        lines.append("cases left out where a metric is undefined (empty prediction or truth): " + "; ".join(undefined))
     return "\n".join(lines)

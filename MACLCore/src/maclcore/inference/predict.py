@@ -12,15 +12,16 @@ import torch
 from ..config import from_dict
 from ..data.preprocessing import (PreparedVolume, PreprocessingConfig, pad_slices, padded_size, prepare_volume,
                                   restore_probabilities)
-from ..errors import InputError, MaclError, PathLike
+from ..errors import ConfigError, InputError, MaclError, PathLike
 from ..io.pairing import split_extension
 from ..io.segmentation import LABEL_EXTENSIONS, write_label_map
-from ..io.volume import Volume, read_volume
+from ..io.volume import Volume, read_geometry, read_volume
 from ..labels import LabelSchema
 from ..models.unet import UNet, UNetConfig
 from ..training.checkpoint import load_checkpoint
 from ..training.progress import Reporter
-from ..training.runtime import autocast, resolve_device
+from ..training.runtime import autocast, is_out_of_memory, resolve_device
+from .postprocess import keep_largest_component
 
 T = TypeVar("T")
 
@@ -53,15 +54,10 @@ def load_segmentation_model(path: PathLike, device: torch.device = torch.device(
         raise InputError(path, f"names {len(schema.names)} labels but its network has "
                                f"{network.config.num_classes - 1} foreground outputs")
     info = {k: v for k, v in data.items() if k != "state_dict"}
-    return SegmentationModel(network.to(device).eval(), schema, preprocessing, info)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA (or CPU allocator) out-of-memory, as raised by torch."""
-    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    network = network.to(device).eval()
+    if device.type == "cuda":
+        network = network.to(memory_format=torch.channels_last)  # tensor-core convolutions without conversions
+    return SegmentationModel(network, schema, preprocessing, info)
 
 
 def map_in_batches(fn: Callable[[int, int], T], count: int, batch_size: int,
@@ -70,6 +66,8 @@ def map_in_batches(fn: Callable[[int, int], T], count: int, batch_size: int,
 
     Only a batch of one that still runs out of memory is an error.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     results: List[T] = []
     start = 0
     while start < count:
@@ -77,8 +75,11 @@ def map_in_batches(fn: Callable[[int, int], T], count: int, batch_size: int,
         try:
             results.append(fn(start, stop))
         except Exception as exc:
-            if not is_out_of_memory(exc) or batch_size == 1:
+            if not is_out_of_memory(exc):
                 raise
+            if batch_size == 1:
+                raise MaclError("out of memory even with one slice per batch; close other programs using the "
+                                "GPU, or use --device cpu") from None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             batch_size = max(1, batch_size // 2)
@@ -112,10 +113,18 @@ def predict_prepared(model: SegmentationModel, prepared: PreparedVolume, batch_s
     return restore_probabilities(probs, shape, prepared.geometry)
 
 
-def predict_volume(model: SegmentationModel, volume: Volume, batch_size: int = 16) -> np.ndarray:
-    """Label map (z, y, x, uint8) of ``volume`` on its own grid."""
+def predict_volume(model: SegmentationModel, volume: Volume, batch_size: int = 16,
+                   postprocess: bool = True) -> np.ndarray:
+    """Label map (z, y, x, uint8) of ``volume`` on its own grid.
+
+    With ``postprocess`` and a schema of single-component labels, only each label's largest connected
+    component is kept.
+    """
     prepared = prepare_volume(volume.source or "volume", volume.array, volume.geometry, model.preprocessing)
-    return predict_prepared(model, prepared, batch_size).argmax(1).to(torch.uint8).cpu().numpy()
+    labels = predict_prepared(model, prepared, batch_size).argmax(1).to(torch.uint8).cpu().numpy()
+    if postprocess and model.schema.single_component:
+        labels = keep_largest_component(labels, model.schema.num_classes)
+    return labels
 
 
 def output_paths(images: Sequence[str], output: str, fmt: str) -> List[str]:
@@ -138,17 +147,30 @@ def output_paths(images: Sequence[str], output: str, fmt: str) -> List[str]:
     return [os.path.join(output, name + fmt) for name in names]
 
 
+def check_inputs(images: Sequence[str], targets: Sequence[str], batch_size: int) -> None:
+    """Refuse, before any work, an output that would overwrite its input, and image files with a bad header."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    for image, target in zip(images, targets):
+        if os.path.exists(target) and os.path.samefile(image, target):
+            raise InputError(target, "is an input image; the prediction would overwrite it (choose another --out)")
+        if not os.path.isdir(image):
+            read_geometry(image)
+
+
 def predict_files(model_path: PathLike, images: Sequence[str], output: str, fmt: str = "nii.gz",
-                  device: str = "auto", batch_size: int = 16, reporter: Optional[Reporter] = None) -> List[str]:
+                  device: str = "auto", batch_size: int = 16, postprocess: bool = True,
+                  reporter: Optional[Reporter] = None) -> List[str]:
     """Segment image files and write one label file per image (atomically). Returns the written paths."""
     reporter = reporter or Reporter()
     targets = output_paths(images, output, fmt)
+    check_inputs(images, targets, batch_size)
     model = load_segmentation_model(model_path, resolve_device(device))
     reporter.stage("predict", len(images))
     written = []
     for index, (image, target) in enumerate(zip(images, targets)):
         volume = read_volume(image)
-        labels = predict_volume(model, volume, batch_size)
+        labels = predict_volume(model, volume, batch_size, postprocess)
         write_label_map(labels, volume.geometry, target, model.schema)
         written.append(target)
         reporter.progress("predict", index + 1, len(images), case=os.path.basename(target))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from typing import Iterator
 
-from ..errors import PathLike
+from ..errors import InputError, PathLike
 
 
 def _fsync_dir(directory: str) -> None:
@@ -33,7 +34,10 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(directory, "cannot be made a folder: a file is in the way") from None
     tmp = os.path.join(directory, f".partial-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
     try:
         yield tmp
@@ -44,6 +48,19 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_partials(path: PathLike) -> None:
+    """Remove the temporary files that writes of ``path`` killed mid-way (kill -9, power loss) left beside it.
+
+    Call it only while holding the right to write ``path`` (its run lock): a running write's file would go too.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    temp_name = re.compile(r"\.partial-[0-9a-f]{8}-" + re.escape(name))
+    for entry in os.listdir(directory) if os.path.isdir(directory) else []:
+        if temp_name.fullmatch(entry):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, entry))
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:

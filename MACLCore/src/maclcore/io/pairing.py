@@ -91,10 +91,14 @@ def find_images(sources: Sequence[PathLike]) -> List[Case]:
     return [cases[name] for name in sorted(cases)]
 
 
-def pair_cases(images: PathLike, labels: PathLike) -> List[Case]:
-    """Pair every image in ``images`` with its label map in ``labels``; unmatched files are an error."""
+def pair_cases(images: PathLike, labels: PathLike,
+               image_extensions: Sequence[str] = VOLUME_EXTENSIONS) -> List[Case]:
+    """Pair every image in ``images`` with its label map in ``labels``; unmatched files are an error.
+
+    ``image_extensions``: what counts as an image (LABEL_EXTENSIONS pairs predictions, .seg.nrrd included).
+    """
     images, labels = os.fspath(images), os.fspath(labels)
-    image_entries = _entries(images, VOLUME_EXTENSIONS)
+    image_entries = _entries(images, image_extensions)
     label_entries = _entries(labels, LABEL_EXTENSIONS)
     if not image_entries:
         raise InputError(images, f"holds no volumes ({', '.join(VOLUME_EXTENSIONS)} or DICOM series folders)")

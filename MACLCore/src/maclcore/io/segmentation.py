@@ -173,7 +173,19 @@ def _paste_into(path: str, labels: np.ndarray, geometry: Geometry, reference: Ge
                 raise InputError(path, f"{lost} labelled voxels lie outside its image")
             out[dst] = labels[src]
             return out
-    raise InputError(path, f"is on a different grid ({geometry.describe()}) than its image ({reference.describe()})")
+    raise _off_grid(path, geometry, reference)
+
+
+def _off_grid(path: str, geometry: Geometry, reference: Geometry) -> InputError:
+    """The error of a label map that does not lie on its image's grid, saying what differs."""
+    shift = float(np.linalg.norm(np.subtract(geometry.origin, reference.origin)))
+    if geometry.describe() != reference.describe():
+        detail = f"{geometry.describe()}; the image: {reference.describe()}"
+    elif not np.allclose(geometry.direction, reference.direction, atol=1e-4):
+        detail = "its axes point in other directions than the image's"
+    else:
+        detail = f"its origin is {shift:.3g} mm from the image's"
+    return InputError(path, f"is on a different grid than its image ({detail})")
 
 
 def read_label_map(path: PathLike, schema: LabelSchema, reference: Optional[Geometry] = None) -> np.ndarray:
@@ -196,6 +208,8 @@ def read_label_map(path: PathLike, schema: LabelSchema, reference: Optional[Geom
             raise InputError(path, f"has label values {bad[:5]} outside the label schema 0..{len(schema.names)} "
                                    f"({', '.join(schema.names)})")
         labels, geometry = values.astype(np.uint8), volume.geometry
-    if reference is not None:
+    if reference is not None and is_seg_nrrd(path):
         labels = _paste_into(path, labels, geometry, reference)
+    elif reference is not None and not geometry.matches(reference):
+        raise _off_grid(path, geometry, reference)
     return labels

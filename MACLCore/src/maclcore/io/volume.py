@@ -7,9 +7,16 @@ training from a preprocessed cache needs no SimpleITK.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import math
 import os
+import struct
+import sys
+import tempfile
+import zlib
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -17,6 +24,11 @@ from ..errors import InputError, PathLike
 from .atomic import atomic_path
 
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# What ITK's readers say (in the exception or on stderr) when a file ends early.
+_TRUNCATION_HINTS = ("not read completely", "fread got only", "but received", "end of file")
+# An in-plane field of view outside this (mm) means a wrong spacing, such as metres or micrometres for mm.
+FIELD_OF_VIEW_MM = (1.0, 5000.0)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -108,23 +120,98 @@ def _read_dicom_series(path: str) -> Any:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(path)
+    series = _itk_call(path, lambda: reader.GetGDCMSeriesIDs(path), "could not be scanned for DICOM series",
+                       forward=False)
     if not series:
         raise InputError(path, "is a folder without a DICOM series")
     if len(series) > 1:
         raise InputError(path, f"holds {len(series)} DICOM series; give the folder of one series")
-    files = reader.GetGDCMSeriesFileNames(path, series[0])
+    files = _itk_call(path, lambda: reader.GetGDCMSeriesFileNames(path, series[0]),
+                      "could not be scanned for DICOM series", forward=False)
     reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(path, f"DICOM series could not be read ({_first_line(exc)})") from None
+    return _itk_call(path, reader.Execute, "DICOM series could not be read")
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     # SimpleITK's messages start with a C++ source location; the useful part is the last line.
     return text[-1].strip() if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[List[str]]:
+    """Collect what C++ code (ITK, GDCM, MetaIO) writes to the stderr file descriptor meanwhile."""
+    lines: List[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable descriptor 2 (some embedded interpreters)
+        yield lines
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines.extend(line for line in capture.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def _itk_call(path: str, call: Callable[[], T], problem: str, forward: bool = True) -> T:
+    """Run a SimpleITK read. On failure its C++ messages become part of one error line (instead of stray lines
+    on stderr) and a file that ends early is called truncated; on success they are passed on (``forward``)."""
+    failure: Optional[RuntimeError] = None
+    with _captured_stderr() as messages:
+        try:
+            result = call()
+        except RuntimeError as exc:
+            failure = exc
+    if failure is None:
+        if messages and forward:
+            print("\n".join(messages), file=sys.stderr)
+        return result
+    detail = _first_line(failure)
+    early = [m.strip() for m in messages + [detail] if any(hint in m for hint in _TRUNCATION_HINTS)]
+    if early:
+        problem, detail = "is truncated (its voxel data ends early)", early[0]
+    raise InputError(path, f"{problem} ({detail})") from None
+
+
+def _nifti_data_end(header: bytes) -> Optional[int]:
+    """Where the voxel data of a single-file NIfTI-1 or NIfTI-2 ends, from its header (None: not NIfTI)."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims, bitpix = struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "h", header[72:74])[0]
+            offset, minimum = struct.unpack(order + "f", header[108:112])[0], 352
+        elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            dims, bitpix = struct.unpack(order + "8q", header[16:80]), struct.unpack(order + "h", header[14:16])[0]
+            offset, minimum = struct.unpack(order + "q", header[168:176])[0], 544
+        else:
+            continue
+        start = int(offset) if math.isfinite(offset) and offset > minimum else minimum
+        count = math.prod(max(1, d) for d in dims[1:1 + min(max(dims[0], 0), 7)])
+        return start + count * max(bitpix, 0) // 8
+    return None
+
+
+def _check_nifti_complete(path: str) -> None:
+    """ITK fills a NIfTI file that ends early with zeros, silently; refuse it instead."""
+    opener: Callable[..., Any] = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            header = stream.read(540)
+            end, present = _nifti_data_end(header), len(header)
+            while end is not None and present < end:
+                chunk = stream.read(1 << 20)
+                if not chunk:
+                    break
+                present += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        raise InputError(path, "is truncated or corrupt (its compressed data ends early)") from None
+    if end is not None and present < end:
+        raise InputError(path, f"is truncated (its voxel data ends early: {present} of {end} bytes)")
 
 
 def read_sitk_image(path: PathLike) -> Any:
@@ -138,10 +225,9 @@ def read_sitk_image(path: PathLike) -> Any:
         image = _read_dicom_series(path)
     else:
         check_readable_file(path)
-        try:
-            image = sitk.ReadImage(path)
-        except RuntimeError as exc:
-            raise InputError(path, f"is not a readable image ({_first_line(exc)})") from None
+        image = _itk_call(path, lambda: sitk.ReadImage(path), "is not a readable image")
+        if path.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_complete(path)
     _check_header(path, image.GetSize(), image.GetNumberOfComponentsPerPixel(), image.GetSpacing())
     return image
 
@@ -159,6 +245,10 @@ def _check_header(path: str, size: Tuple[int, ...], components: int, spacing: Tu
                                "a grayscale volume is needed")
     if not all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise InputError(path, f"has an invalid voxel spacing {tuple(spacing)}")
+    extent = (size[0] * spacing[0], size[1] * spacing[1])
+    if not (FIELD_OF_VIEW_MM[0] <= min(extent) and max(extent) <= FIELD_OF_VIEW_MM[1]):
+        raise InputError(path, f"has an implausible in-plane spacing {spacing[0]:.4g} x {spacing[1]:.4g} mm (a field "
+                               f"of view of {extent[0]:.4g} x {extent[1]:.4g} mm); check the file's spacing")
 
 
 def read_volume(path: PathLike) -> Volume:
@@ -202,10 +292,7 @@ def read_geometry(path: PathLike) -> Geometry:
     check_readable_file(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise InputError(path, f"is not a readable image ({_first_line(exc)})") from None
+    _itk_call(path, reader.ReadImageInformation, "is not a readable image")
     size, spacing = reader.GetSize(), reader.GetSpacing()
     _check_header(path, size, reader.GetNumberOfComponents(), spacing)
     dimension = len(size)

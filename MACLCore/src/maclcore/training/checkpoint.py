@@ -12,6 +12,7 @@ import datetime
 import os
 import pickle
 import platform
+import warnings
 from typing import Any, Dict, Iterable, Optional
 
 import torch
@@ -35,9 +36,13 @@ def provenance() -> Dict[str, Any]:
 
 
 def plain_data(value: Any, where: str = "checkpoint") -> Any:
-    """``value`` with numpy scalars turned into Python numbers; anything the safe loader would refuse raises."""
+    """``value`` with numpy scalars turned into Python numbers; anything the safe loader would refuse raises.
+
+    Integer keys stay integers: an optimizer's state is keyed by parameter index, and ``load_state_dict``
+    silently ignores (so resets) state under string keys.
+    """
     if isinstance(value, dict):
-        return {str(k): plain_data(v, f"{where}.{k}") for k, v in value.items()}
+        return {(k if type(k) is int else str(k)): plain_data(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(plain_data(v, where) for v in value)
     if isinstance(value, torch.Tensor) or value is None or type(value) in (bool, int, float, str):
@@ -64,24 +69,29 @@ def load_checkpoint(path: PathLike, kinds: Optional[Iterable[str]] = None) -> Di
         InputError: missing, truncated or foreign file; a file that would need code to unpickle; wrong kind.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(path, "is a folder, not a model file")
     if not os.path.isfile(path):
         raise InputError(path, "does not exist")
     if os.path.getsize(path) == 0:
         raise InputError(path, "is an empty file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. about a foreign file's pickle protocol: the error says enough
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
             raise InputError(path, "contains Python objects that would run code when loaded; refusing to load "
                                    "it (MACLCore model files hold only tensors and plain data)") from None
         raise InputError(path, "is not a MACLCore model file (unreadable pickle data)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # torch raises many types for broken or foreign files
+        detail = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise InputError(path, f"is truncated or not a MACLCore model file ({detail[:120]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError(path, "is not a MACLCore model file (no 'format: maclcore' marker)")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
-        raise InputError(path, f"was written by a newer MACLCore (format {data['format_version']}); please upgrade")
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(path, f"was written by a newer MACLCore (format {version!r}); please upgrade")
     if kinds is not None:
         kinds = tuple(kinds)
         if data.get("kind") not in kinds:

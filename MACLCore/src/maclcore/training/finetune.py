@@ -23,7 +23,7 @@ from ..models.unet import DEFAULT_CHANNELS, UNet, UNetConfig
 from .loop import LoopConfig, Trainer, cosine_lr, unwrap
 from .progress import Reporter
 from .runtime import setup_processes
-from .session import TrainingSession, distribute, load_training_slices, seed_everything
+from .session import TrainingSession, load_training_slices, make_optimizer, prepare_model, seed_everything
 from .transfer import init_channels, load_initial_weights, read_init
 
 # Cardiac cine frames of one patient (ED/ES, or numbered frames) form one group: they are never split
@@ -64,6 +64,9 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.min_val_groups < 2:
+            raise ConfigError(f"--min-val-groups must be >= 2 (one patient must remain for training), "
+                              f"got {self.min_val_groups}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ConfigError("--lr must be > 0 and --min-lr >= 0")
         try:
@@ -159,7 +162,7 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
         plan = from_dict(PreprocessingConfig, saved["preprocessing"]) if saved else _plan(cases, config, init_data)
         train_names, val_names = ((saved["split"]["train"], saved["split"]["val"]) if saved
                                   else split_validation([c.name for c in cases], config))
-        data = load_training_slices(cases, plan, schema, reporter)
+        data = load_training_slices(cases, plan, schema, reporter, session)
         train = data.select_volumes(train_names).to(device_)
         val = data.select_volumes(val_names).to(device_) if val_names else None
         reporter.message(f"training on {len(train_names)} volumes ({len(train)} slices)"
@@ -171,8 +174,8 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
             init_report = load_initial_weights(network, init_data, init)  # type: ignore[arg-type]
             reporter.message(f"initialised from {init}: loaded {', '.join(init_report['loaded'])}; "
                              f"random: {', '.join(init_report['random']) or 'nothing'}")
-        model = distribute(network.to(device_), procs, device_)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        model = prepare_model(network, procs, device_, config.loop)
+        optimizer = make_optimizer(torch.optim.Adam, model, device_, lr=config.lr, weight_decay=config.weight_decay)
         trainer = Trainer(FinetuneTask(model, train, val, config, schema.num_classes), optimizer,
                           lambda step, total: cosine_lr(step, total, config.lr, config.min_lr),
                           config.loop, len(train), device_, procs, reporter, "finetune")

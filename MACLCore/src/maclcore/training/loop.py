@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MaclError
 from .progress import Reporter
-from .runtime import Processes, StopRequest, autocast, step_generator
+from .runtime import Processes, StopRequest, autocast, is_out_of_memory, step_generator
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class LoopConfig:
         validate_every: run the task's validation every this many epochs (0: never).
         log_every: report the running loss every this many steps (each report waits for the device once).
         amp: bf16 autocast on CUDA.
+        channels_last: NHWC memory layout on CUDA (tensor-core convolutions without layout conversions).
+        compile: ``torch.compile`` the network (slower start, faster steps; most useful on a GPU).
     """
 
     epochs: int = 100
@@ -45,6 +47,8 @@ class LoopConfig:
     validate_every: int = 1
     log_every: int = 10
     amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -109,7 +113,10 @@ def epoch_order(seed: int, epoch: int, num_samples: int, length: int) -> torch.T
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The network inside torch.compile and DDP wrappers (whose state_dict keys are the plain ones)."""
+    model = getattr(model, "_orig_mod", model)
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
 
 
 def mean_over_processes(value: torch.Tensor, procs: Processes) -> float:
@@ -188,12 +195,25 @@ class Trainer:
             group["lr"] = lr
         generator = step_generator(self.config.seed, global_step, self.device)
         self.task.model.train()
-        with autocast(self.device, self.config.amp):
-            loss = self.task.loss(indices, generator, offset, self.global_batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        try:
+            with autocast(self.device, self.config.amp):
+                loss = self.task.loss(indices, generator, offset, self.global_batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise self._out_of_memory(global_step) from None
         return loss.detach().float()
+
+    def _out_of_memory(self, global_step: int) -> MaclError:
+        """The error of a step that ran out of memory: which setting to lower. The saved state is untouched."""
+        views = " (two augmented views each)" if self.stage == "pretrain" else ""
+        smaller = "--batch-size or --size (or a larger --spacing)" if self.stage == "pretrain" else "--batch-size"
+        return MaclError(f"{self.stage} ran out of memory on {self.device} in step {global_step + 1}, with "
+                         f"--batch-size {self.config.batch_size} slices per step{views}; start again with a "
+                         f"smaller {smaller}")
 
     def _report(self, state: TrainState, loss: float, started: float, steps_run: int,
                 metrics: Optional[Dict[str, float]] = None) -> None:
@@ -213,7 +233,8 @@ class Trainer:
                                               or state.epoch == self.config.epochs)
         if due and self.procs.is_main:
             metrics.update(self.task.validate())
-        entry = {"epoch": state.epoch, "loss": loss, "lr": self.schedule(state.global_step - 1, self.total_steps),
+        entry = {"epoch": state.epoch, "step": state.global_step, "loss": loss,
+                 "lr": self.schedule(state.global_step - 1, self.total_steps),
                  "elapsed": time.perf_counter() - started, **metrics}
         state.history.append(entry)
         score = metrics.get("val_dice")

@@ -76,6 +76,15 @@ def autocast(device: torch.device, enabled: bool) -> Any:
     return contextlib.nullcontext()
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA (or CPU allocator) out-of-memory, as raised by torch."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
     """The random generator of one training step: a function of (seed, step) alone, so that a resumed run
     draws exactly what an uninterrupted run would have drawn."""

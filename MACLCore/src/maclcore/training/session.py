@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import random
 from typing import Any, Dict, Optional, Sequence
@@ -13,14 +14,19 @@ from torch import nn
 
 from ..data.dataset import SliceData, load_cases
 from ..data.preprocessing import PreprocessingConfig
-from ..errors import MaclError, TrainingInterrupted
+from ..errors import InputError, MaclError, TrainingInterrupted
+from ..io.atomic import remove_partials
 from ..io.pairing import Case
 from ..labels import LabelSchema
 from ..models.global_norm import convert_to_global_batchnorm
 from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import Trainer, TrainState, unwrap
+from .loop import LoopConfig, Trainer, TrainState, unwrap
 from .progress import Reporter
 from .runtime import Processes, RunLock, StopRequest
+
+
+# What a resume state holds besides the run's own record (config, cases, ...), checked before it is used.
+RESUME_KEYS = ("stage", "config", "preprocessing", "cases", "model_state", "optimizer", "train_state")
 
 
 def resume_path_for(output: str) -> str:
@@ -37,30 +43,56 @@ def seed_everything(seed: int) -> None:
 
 
 def load_training_slices(cases: Sequence[Case], plan: PreprocessingConfig, schema: Optional[LabelSchema],
-                         reporter: Reporter) -> SliceData:
-    """Read and preprocess every case once (with labels when ``schema`` is given) into one slice set."""
+                         reporter: Reporter, session: Optional["TrainingSession"] = None) -> SliceData:
+    """Read and preprocess every case once (with labels when ``schema`` is given) into one slice set.
+
+    With ``session``, a stop request is honoured between cases.
+    """
     reporter.message(f"preprocessing: {plan.spacing} mm in-plane, {plan.size}x{plan.size} slices")
     reporter.stage("load", len(cases))
-    prepared = load_cases(cases, plan, schema, progress=lambda i, n, name: reporter.progress("load", i, n, case=name))
+
+    def progress(index: int, count: int, name: str) -> None:
+        reporter.progress("load", index, count, case=name)
+        if session is not None:
+            session.check_stop()
+
+    prepared = load_cases(cases, plan, schema, progress=progress)
     return SliceData.from_volumes(prepared, plan.size, with_labels=schema is not None)
 
 
-def distribute(model: nn.Module, procs: Processes, device: torch.device) -> nn.Module:
-    """Wrap for DDP when running under torchrun; BatchNorm becomes global BatchNorm so that statistics are
-    those of the global batch, as in a single-process run."""
-    if not procs.distributed:
-        return model
-    model = convert_to_global_batchnorm(model)
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+def prepare_model(model: nn.Module, procs: Processes, device: torch.device, loop: LoopConfig) -> nn.Module:
+    """Put the network on its device in the fastest layout, wrap it for DDP under torchrun, compile on request.
+
+    Under DDP, BatchNorm becomes global BatchNorm so that statistics are those of the global batch, as in a
+    single-process run.
+    """
+    model = model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # slice sizes are fixed within a run
+        if loop.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+    if procs.distributed:
+        model = convert_to_global_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if loop.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    return model
+
+
+def make_optimizer(optimizer_class: type, model: nn.Module, device: torch.device, **settings: Any) -> Any:
+    """An optimizer over the model's parameters, with the fused (single-kernel) update on CUDA where torch has it."""
+    if device.type == "cuda" and "fused" in inspect.signature(optimizer_class).parameters:
+        settings["fused"] = True
+    return optimizer_class(model.parameters(), **settings)
 
 
 class TrainingSession:
     """Owns an output path for the length of a run.
 
-    On entry it takes the output's lock (rank 0) and, with ``resume``, loads the saved state; without
-    ``resume`` it refuses to discard an interrupted run's state. :meth:`run` trains, saving the resumable
-    state as it goes, and raises :class:`TrainingInterrupted` when stopped early.
+    On entry it takes the output's lock (rank 0), removes temp files of writes a crash interrupted, starts
+    listening for stop requests and, with ``resume``, loads the saved state; without ``resume`` it refuses to
+    discard an interrupted run's state. :meth:`run` trains, saving the resumable state as it goes, and raises
+    :class:`TrainingInterrupted` when stopped early.
     """
 
     def __init__(self, output: str, stage: str, procs: Processes, resume: bool,
@@ -69,26 +101,48 @@ class TrainingSession:
         self.stop_file = stop_file
         self.resume_path = resume_path_for(output)
         self.state: Optional[Dict[str, Any]] = None
+        self.stop = StopRequest(stop_file)
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "TrainingSession":
+        if os.path.isdir(self.output):
+            raise InputError(self.output, "is a folder; give the model file to write, such as model.pt")
+        try:
+            self._enter()
+        except BaseException:
+            self._stack.close()  # release the lock: __exit__ is not called when __enter__ fails
+            raise
+        return self
+
+    def _enter(self) -> None:
         if self.procs.is_main:
             self._stack.enter_context(RunLock(self.output))
+            remove_partials(self.output)
+            remove_partials(self.resume_path)
+        self._stack.enter_context(self.stop.installed())
         exists = os.path.exists(self.resume_path)
         if self.resume:
             if not exists:
                 raise MaclError(f"--resume: nothing to resume, {self.resume_path} does not exist")
             self.state = load_checkpoint(self.resume_path, kinds=("resume",))
+            missing = [key for key in RESUME_KEYS if key not in self.state]
+            if missing:
+                raise InputError(self.resume_path, f"is an incomplete training state (no {', '.join(missing)}); "
+                                                   "delete it to start over")
             if self.state.get("stage") != self.stage:
                 raise MaclError(f"--resume: {self.resume_path} is the state of a {self.state.get('stage')} run, "
                                 f"not of {self.stage}")
         elif exists:
             raise MaclError(f"{self.resume_path}: an interrupted run's state is there; pass --resume to continue it, "
                             "or delete that file to start over")
-        return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
+
+    def check_stop(self) -> None:
+        """Raise :class:`TrainingInterrupted` when a stop was requested (before training: nothing new saved)."""
+        if self.stop.requested:
+            raise TrainingInterrupted(self.resume_path if os.path.exists(self.resume_path) else None)
 
     def check_cases(self, cases: Sequence[Case]) -> None:
         """When resuming, the cases must be those the interrupted run trained on."""
@@ -116,8 +170,8 @@ class TrainingSession:
                     "optimizer": optimizer.state_dict(), "train_state": current.to_dict()})
 
         trainer.save_state = save_state
-        with StopRequest(self.stop_file).installed() as stop:
-            state, finished = trainer.run(state, stop)
+        self.check_stop()
+        state, finished = trainer.run(state, self.stop)
         if not finished:
             raise TrainingInterrupted(self.resume_path)
         return state

@@ -7,14 +7,23 @@ from typing import Any, Dict, List
 import torch
 
 from ..config import from_dict
-from ..errors import InputError, PathLike
+from ..errors import ConfigError, InputError, PathLike
 from ..models.unet import UNet, UNetConfig, transferable_prefixes
 from .checkpoint import load_checkpoint
 
 
 def read_init(path: PathLike) -> Dict[str, Any]:
     """Load a checkpoint usable as ``--init``: a pretrained model or a segmentation model."""
-    return load_checkpoint(path, kinds=("pretrain", "segmentation"))
+    data = load_checkpoint(path, kinds=("pretrain", "segmentation"))
+    try:
+        from_dict(UNetConfig, data["model"])
+        dict(data["state_dict"])
+        float(data["preprocessing"]["spacing"])
+        if data["kind"] == "pretrain":
+            int(data["pretraining"]["decoder_depth"])
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise InputError(path, f"is an incomplete or inconsistent model file ({type(exc).__name__}: {exc})") from None
+    return data
 
 
 def init_channels(data: Dict[str, Any]) -> tuple:
