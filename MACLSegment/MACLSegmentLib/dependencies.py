@@ -14,7 +14,7 @@ from typing import Callable, List, Optional
 from .errors import InputError
 
 MINIMUM_TORCH = "2.1"
-MACLCORE_REQUIREMENT = "MACLCore"
+MACLCORE_REQUIREMENT = "MACLCore"  # the package index's name, used when no copy ships with the module
 # Packages Slicer ships itself: MACLCore's requirements on them must not replace Slicer's copies.
 SLICER_OWNED = ("torch", "simpleitk")
 
@@ -97,6 +97,23 @@ def pyTorchUtilsInstaller(minimumVersion: str = MINIMUM_TORCH) -> Callable[[], N
     return install
 
 
+def bundledMaclcore() -> Optional[str]:
+    """MACLCore's source shipped with the module, if any: beside the installed module (the extension's CMake
+    installs it there) or one folder up in a source checkout (Slicer's "Additional module paths")."""
+    import os
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for candidate in (os.path.join(here, "MACLCore"), os.path.join(os.path.dirname(here), "MACLCore")):
+        if os.path.isfile(os.path.join(candidate, "pyproject.toml")):
+            return candidate
+    return None
+
+
+def maclcoreRequirement() -> str:
+    """What pip installs for MACLCore: the bundled source when there is one, else the index's package."""
+    return bundledMaclcore() or MACLCORE_REQUIREMENT
+
+
 def _requirementName(requirement: str) -> str:
     name = requirement.split(";")[0].strip()
     for separator in "<>=!~[ (":
@@ -109,7 +126,7 @@ def _installedRequirements(distribution: str) -> List[str]:
     return list(importlib.metadata.requires(distribution) or [])
 
 
-def installMaclcore(pipInstall: Callable[[str], None], requirement: str = MACLCORE_REQUIREMENT,
+def installMaclcore(pipInstall: Callable[[str], None], requirement: Optional[str] = None,
                     requirementsOf: Optional[Callable[[str], List[str]]] = None) -> List[str]:
     """pip-install MACLCore without touching the packages Slicer owns (torch, SimpleITK).
 
@@ -117,7 +134,8 @@ def installMaclcore(pipInstall: Callable[[str], None], requirement: str = MACLCO
     Returns the requirements installed.
     """
     requirementsOf = requirementsOf or _installedRequirements
-    pipInstall(f"{requirement} --no-deps")
+    requirement = requirement or maclcoreRequirement()
+    pipInstall(f'"{requirement}" --no-deps' if " " in requirement else f"{requirement} --no-deps")
     installed = []
     for dependency in requirementsOf("MACLCore"):
         if "extra ==" in dependency or _requirementName(dependency) in SLICER_OWNED:
@@ -130,7 +148,7 @@ def installMaclcore(pipInstall: Callable[[str], None], requirement: str = MACLCO
 
 def installDependencies(confirm: Callable[[str], bool], installTorch: Callable[[], None],
                         pipInstall: Callable[[str], None], status: Optional[DependencyStatus] = None,
-                        requirement: str = MACLCORE_REQUIREMENT,
+                        requirement: Optional[str] = None,
                         requirementsOf: Optional[Callable[[str], List[str]]] = None) -> bool:
     """Install what is missing, after ``confirm(question)`` says yes. Returns False when the user declined.
 

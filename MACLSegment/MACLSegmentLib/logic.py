@@ -20,7 +20,7 @@ from . import dependencies, scene_io
 from .errors import InputError, JobError
 from .jobs import BackgroundJob, runToCompletion
 from .options import FinetuneOptions, PretrainOptions, SegmentOptions
-from .schema import defaultSchema, matchSegments, registeredSchemaName
+from .schema import defaultSchema, matchSegments, registeredSchemaName, writeSchemaFile
 
 ANNOTATION_SUFFIX = " annotation"
 RESULT_SUFFIX = " MACL segmentation"
@@ -202,10 +202,6 @@ class CoreLogic:
         pairs = [(volume, segmentation) for volume, segmentation in pairs if segmentation is not None]
         if not pairs:
             raise InputError("Finetune: no annotated cases selected")
-        schemaName = registeredSchemaName(schema)
-        if schemaName is None:
-            raise InputError(f"Finetune: MACLCore trains registered label schemas only; "
-                             f"{', '.join(schema.names)} is not one of them")
         if pretrainedModel and not os.path.isfile(pretrainedModel):
             raise InputError(f"{pretrainedModel}: pretrained model file does not exist")
         outputPath = _checkOutput(outputPath, "Finetune")
@@ -215,7 +211,8 @@ class CoreLogic:
         for index, ((volume, _), labelMap) in enumerate(zip(pairs, labelMaps)):
             scene_io.writeVolume(volume, os.path.join(images, f"case{index:03d}_0000.nrrd"))
             scene_io.writeLabelMap(labelMap, volume, os.path.join(labels, f"case{index:03d}.nrrd"))
-        arguments = ["--images", images, "--labels", labels, "--out", outputPath, "--labels-schema", schemaName]
+        arguments = ["--images", images, "--labels", labels, "--out", outputPath,
+                     "--labels-schema", registeredSchemaName(schema) or writeSchemaFile(schema, jobFolder)]
         if pretrainedModel:
             arguments += ["--init", pretrainedModel]
         return self._startJob("Finetuning", "finetune", arguments + options.arguments(), jobFolder,

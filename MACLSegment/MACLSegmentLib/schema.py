@@ -27,6 +27,17 @@ def registeredSchemaName(schema: Any) -> Optional[str]:
     return None
 
 
+def writeSchemaFile(schema: Any, folder: str) -> str:
+    """Write a schema the user edited as JSON (``maclcore finetune --labels-schema FILE``); returns the path."""
+    import json
+    import os
+
+    path = os.path.join(folder, "labels_schema.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(schema.to_dict(), handle, indent=1)
+    return path
+
+
 def _hexColor(color: Any) -> str:
     return "#" + "".join(f"{int(round(float(c) * 255)):02x}" for c in color)
 

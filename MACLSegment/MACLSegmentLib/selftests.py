@@ -118,7 +118,8 @@ def testBadInput(context: SelfTestContext) -> None:
     expectInputError(lambda: logic.finetune([(volume, painted)], os.path.join(context.folder, "none.pt"), model),
                      "none.pt", "does not exist")
     custom = parseSchemaText("Liver #aa3322\nSpleen #2233aa")
-    expectInputError(lambda: logic.finetune([(volume, painted)], None, model, schema=custom), "registered")
+    expectInputError(lambda: logic.finetune([(volume, painted)], None, model, schema=custom), painted.GetName(),
+                     "not in the label schema")
 
     segmentation = painted.GetSegmentation()
     segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("LV cavity")).SetName("Liver")
@@ -162,7 +163,9 @@ def testCancel(context: SelfTestContext, stopWithin: float = 20.0) -> Dict[str, 
     options = dataclasses.replace(QUICK_FINETUNE, epochs=500)
     job = logic.finetune(pairs, None, model, options, schema)
     deadline = time.monotonic() + JOB_TIMEOUT
-    while job.poll() and job.progress.step == 0 and time.monotonic() < deadline:
+    # Cancel once training has begun: a cancel while the data loads ends the job with nothing to resume.
+    while job.poll() and not (job.progress.stage == "finetune" and job.progress.step > 0) \
+            and time.monotonic() < deadline:
         time.sleep(0.1)
     check(job.running, f"the job ended before it could be cancelled: {job.stderrLines and job.stderrLines[-1]}")
     started = time.monotonic()

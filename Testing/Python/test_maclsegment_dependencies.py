@@ -1,5 +1,6 @@
 """Setup: the dependency check and the install path, with fake installers (nothing is installed)."""
 
+import os
 import types
 
 import pytest
@@ -39,13 +40,13 @@ def test_nothing_is_installed_without_confirmation():
 def test_torch_first_then_maclcore_without_touching_slicers_packages():
     recorder = Recorder()
     assert install(recorder, dependencies.DependencyStatus()) is True
-    assert recorder.calls == ["torch", "MACLCore --no-deps", "numpy>=1.23", "pynrrd>=1.0"]
+    assert recorder.calls == ["torch", f"{dependencies.maclcoreRequirement()} --no-deps", "numpy>=1.23", "pynrrd>=1.0"]
 
 
 def test_only_what_is_missing_is_installed():
     recorder = Recorder()
     install(recorder, dependencies.DependencyStatus(torchVersion="2.4.0"))
-    assert recorder.calls[0] == "MACLCore --no-deps" and "torch" not in recorder.calls
+    assert recorder.calls[0] == f"{dependencies.maclcoreRequirement()} --no-deps" and "torch" not in recorder.calls
     recorder = Recorder()
     assert install(recorder, dependencies.DependencyStatus(torchVersion="2.4", maclcoreVersion="0.1")) is True
     assert recorder.questions == [] and recorder.calls == []
@@ -76,3 +77,11 @@ def test_check_sees_this_environment():
     status = dependencies.checkDependencies()
     assert status.ready and status.torchVersion and status.maclcoreVersion
     assert "GPUs:" in status.describeGpus()
+
+
+def test_the_maclcore_source_shipped_with_the_module_is_what_gets_installed():
+    # In this source checkout MACLCore lies one folder above the module: Setup installs that copy, so the
+    # module needs no package index for MACLCore.
+    bundled = dependencies.bundledMaclcore()
+    assert bundled is not None and os.path.isfile(os.path.join(bundled, "pyproject.toml"))
+    assert dependencies.maclcoreRequirement() == bundled

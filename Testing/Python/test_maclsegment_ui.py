@@ -53,7 +53,7 @@ def test_ui_names_are_unique(ui):
 
 
 def test_every_control_the_widget_uses_exists_with_a_fitting_class(ui):
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text(encoding="utf-8")))
     assert used, "the Widget references no controls?"
     found = widgets(ui)
     for name in sorted(used):
@@ -95,7 +95,7 @@ def test_ui_binds_every_parameter_to_a_connectable_widget(ui):
 
 
 def wrapper_fields():
-    tree = ast.parse(MODULE.read_text())
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MACLSegmentParameterNode")
     fields = {}
     for statement in cls.body:
@@ -121,14 +121,14 @@ def test_parameter_node_wrapper_matches_the_qt_free_parameter_list():
 
 
 def test_module_file_compiles():
-    compile(MODULE.read_text(), str(MODULE), "exec")
+    compile(MODULE.read_text(encoding="utf-8"), str(MODULE), "exec")
 
 
 def test_lib_imports_no_qt_and_no_third_party_at_file_scope():
     allowed = {"slicer", "vtk", "__future__"}
     stdlib = set(getattr(__import__("sys"), "stdlib_module_names", ()))
     for path in LIB.glob("*.py"):
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
@@ -147,7 +147,7 @@ def test_lib_imports_no_qt_and_no_third_party_at_file_scope():
 
 
 def test_cmake_lists_every_script_and_resource():
-    cmake = (ROOT / "MACLSegment" / "CMakeLists.txt").read_text()
+    cmake = (ROOT / "MACLSegment" / "CMakeLists.txt").read_text(encoding="utf-8")
     for path in sorted(LIB.glob("*.py")):
         assert f"${{MODULE_NAME}}Lib/{path.name}" in cmake, f"{path.name} is missing from MACLSegment/CMakeLists.txt"
     for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
