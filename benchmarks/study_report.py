@@ -1,0 +1,182 @@
+"""The label-efficiency study's report: Markdown tables, a plot of Dice against M, overlays, raw results."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+from collections import defaultdict
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+from maclcore.evaluation.metrics import mean_foreground
+from maclcore.evaluation.overlay import colour_overlay
+from maclcore.io.atomic import write_text_atomic
+from maclcore.labels import CARDIAC
+from maclcore.models.variants import VARIANTS
+
+METRICS = ("dice", "iou", "hd95")
+
+
+def arm_label(arm: str) -> str:
+    return "Random init" if arm == "random" else VARIANTS[arm].label
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """Mean that skips NaN (a class absent from a case has no HD95); NaN when nothing is left."""
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
+def draw_means(results: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, List[float]]]:
+    """(arm, M) -> {metric or "class:metric": [per-draw mean over evaluation cases]}."""
+    table: Dict[tuple, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        cases = list(result["cases"].values())
+        cell = table[(result["arm"], result["M"])]
+        for metric in METRICS:
+            cell[metric].append(nanmean([mean_foreground(c, metric) for c in cases]))
+            for name in CARDIAC.names:
+                cell[f"{name}:{metric}"].append(nanmean([c[name][metric] for c in cases]))
+    return table
+
+
+def fmt(values: Sequence[float], digits: int = 3) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def headline(config: Dict[str, Any], table: Dict[tuple, Dict[str, List[float]]]) -> List[str]:
+    counts = config["labelled_counts"]
+    lines = ["| arm | " + " | ".join(f"M = {m}" for m in counts) + " |",
+             "|---|" + "---|" * len(counts)]
+    for arm in config["arms"]:
+        cells = [fmt(table[(arm, m)]["dice"]) if (arm, m) in table else "–" for m in counts]
+        lines.append(f"| {arm_label(arm)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def per_class(config: Dict[str, Any], table: Dict[tuple, Dict[str, List[float]]], m: int) -> List[str]:
+    lines = [f"**M = {m}**", "", "| arm | " + " | ".join(f"{n} Dice" for n in CARDIAC.names)
+             + " | mean IoU | mean HD95 (mm) |", "|---|" + "---|" * (len(CARDIAC.names) + 2)]
+    for arm in config["arms"]:
+        if (arm, m) not in table:
+            continue
+        cell = table[(arm, m)]
+        lines.append(f"| {arm_label(arm)} | " + " | ".join(fmt(cell[f"{n}:dice"]) for n in CARDIAC.names)
+                     + f" | {fmt(cell['iou'])} | {fmt(cell['hd95'], 1)} |")
+    return lines
+
+
+def plot(config: Dict[str, Any], table: Dict[tuple, Dict[str, List[float]]], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for arm in config["arms"]:
+        ms = [m for m in config["labelled_counts"] if (arm, m) in table]
+        means = [np.mean(table[(arm, m)]["dice"]) for m in ms]
+        stds = [np.std(table[(arm, m)]["dice"]) for m in ms]
+        axis.errorbar(ms, means, yerr=stds, marker="o", capsize=3, label=arm_label(arm))
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(config["labelled_counts"], [str(m) for m in config["labelled_counts"]])
+    axis.set_xlabel("labelled patients M")
+    axis.set_ylabel("mean foreground Dice (evaluation patients)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def overlays(config: Dict[str, Any], work: str, folder: str, count: int = 2) -> List[str]:
+    """Image | each arm's prediction | truth, for a few evaluation cases at the smallest M (draw 0)."""
+    from skimage.io import imsave
+
+    from maclcore.io.segmentation import read_label_map
+    from maclcore.io.volume import read_volume
+    from acdc_subset import frames
+
+    m = min(config["labelled_counts"])
+    written = []
+    for patient in config["eval_patients"][:count]:
+        case, paths = next(iter(frames(patient, config["data"]).items()))
+        image = read_volume(paths["image"])
+        truth = read_label_map(paths["label"], CARDIAC, image.geometry)
+        k = int(np.argmax((truth > 0).sum((1, 2))))
+        panels = [colour_overlay(image.array[k], np.zeros_like(truth[k]), CARDIAC)]
+        for arm in config["arms"]:
+            prediction_path = os.path.join(work, "runs", arm, f"M{m}_draw0", "predictions", f"{case}.nii.gz")
+            if os.path.exists(prediction_path):
+                labels = read_label_map(prediction_path, CARDIAC, image.geometry)
+                panels.append(colour_overlay(image.array[k], labels[k], CARDIAC))
+        panels.append(colour_overlay(image.array[k], truth[k], CARDIAC))
+        picture = np.concatenate([np.pad(p, ((2, 2), (2, 2), (0, 0)), constant_values=1) for p in panels], 1)
+        name = f"overlay_{case}.png"
+        imsave(os.path.join(folder, name), (picture * 255).round().astype(np.uint8), check_contrast=False)
+        written.append(name)
+    return written
+
+
+def raw_files(results: Sequence[Dict[str, Any]], folder: str) -> None:
+    write_text_atomic(os.path.join(folder, "results.json"), json.dumps(list(results), indent=1))
+    with open(os.path.join(folder, "per_case.csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["arm", "M", "draw", "patients", "case", "class", *METRICS])
+        for r in results:
+            for case, classes in r["cases"].items():
+                for name, values in classes.items():
+                    writer.writerow([r["arm"], r["M"], r["draw"], " ".join(map(str, r["patients"])), case, name,
+                                     *[values[m] for m in METRICS]])
+
+
+def write_report(config: Dict[str, Any], results: Sequence[Dict[str, Any]], folder: str, argv: Sequence[str],
+                 wall_seconds: float, work: str) -> str:
+    import torch
+
+    import maclcore
+
+    os.makedirs(folder, exist_ok=True)
+    table = draw_means(results)
+    raw_files(results, folder)
+    plotted = plot(config, table, os.path.join(folder, "dice_vs_m.png"))
+    pictures = overlays(config, work, folder)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    lines = [f"# Label-efficiency study: {config['name']}", "",
+             "Mean foreground Dice (RV cavity, LV myocardium, LV cavity) on the evaluation patients, mean ± std "
+             f"over {config['draws']} draws of the M labelled patients.", ""]
+    lines += headline(config, table)
+    lines += ["", "![Dice against M](dice_vs_m.png)" if plotted else "(matplotlib missing: no plot)", "",
+              "## Per class", ""]
+    for m in config["labelled_counts"]:
+        lines += per_class(config, table, m) + [""]
+    lines += ["## Protocol", "",
+              f"* Evaluation patients (never used for pretraining, finetuning or any choice): "
+              f"{', '.join(map(str, config['eval_patients']))} ({2 * len(config['eval_patients'])} volumes).",
+              "* Pretraining: each arm once, on the images of all other patients (labels unused), "
+              f"{config['pretrain']['epochs']} epochs.",
+              f"* Finetuning: M in {config['labelled_counts']} patients (both frames), {config['draws']} nested draws "
+              f"per M (seed {config['seed']}), the same recipe and number of steps for every arm "
+              f"({json.dumps(config['finetune'])}); the last epoch is kept (no checkpoint selection).",
+              f"* Preprocessing: {config['spacing']} mm in-plane, U-Net widths {config['channels']}.", "",
+              "## Overlays", "", "Image | " + " | ".join(arm_label(a) for a in config["arms"])
+              + f" | truth (M = {min(config['labelled_counts'])}, draw 0)", ""]
+    lines += [f"![{p}]({p})" for p in pictures]
+    lines += ["", "## Reproduce", "", "```", " ".join(["python"] + list(argv)), "```", "",
+              f"maclcore {maclcore.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
+              f"device {device}; wall time {wall_seconds / 3600:.2f} h (cells already done are reused).",
+              "", "Raw results: `results.json`, `per_case.csv`; configuration: `config.json`."]
+    write_text_atomic(os.path.join(folder, "config.json"), json.dumps(config, indent=1))
+    path = os.path.join(folder, "report.md")
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
