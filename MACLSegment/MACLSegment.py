@@ -24,7 +24,7 @@ from slicer.util import VTKObservationMixin
 from MACLSegmentLib import dependencies, selftests
 from MACLSegmentLib.errors import JobCancelled
 from MACLSegmentLib.logic import CoreLogic
-from MACLSegmentLib.options import FinetuneOptions, PretrainOptions, SegmentOptions
+from MACLSegmentLib.options import FinetuneOptions, PretrainOptions, SegmentOptions, SuggestOptions
 from MACLSegmentLib.parameters import pathOrNone
 from MACLSegmentLib.schema import defaultSchema, formatSchemaText, parseSchemaText
 
@@ -97,6 +97,8 @@ class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onJobSuccess: Optional[Callable[[Any], None]] = None
         self._shownMessages = 0
         self._dependencies = None
+        self._suggestions = []
+        self._history = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -119,6 +121,12 @@ class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.suggestButton.connect("clicked(bool)", self.onSuggest)
+        self.ui.loadSuggestionButton.connect("clicked(bool)", self.onLoadSuggestion)
+        self.ui.suggestionsListWidget.connect("itemDoubleClicked(QListWidgetItem*)", self.onLoadSuggestion)
+        self.ui.acceptCorrectionButton.connect("clicked(bool)", self.onAcceptCorrection)
+        self.ui.revertModelButton.connect("clicked(bool)", self.onRevertModel)
+        self.ui.segmentModelPathLineEdit.connect("currentPathChanged(QString)", self.updateModelHistory)
         self.ui.pretrainVolumesComboBox.connect("checkedNodesChanged()", self.updatePretrainSummary)
         self.ui.pretrainFolderPathLineEdit.connect("currentPathChanged(QString)", self.updatePretrainSummary)
 
@@ -167,7 +175,7 @@ class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.fillDefaultSchema()
-        self.updateButtons()
+        self.updateModelHistory()
 
     # -- state shown in the GUI -------------------------------------------------------------------------------
     def updateDependencyStatus(self) -> None:
@@ -177,7 +185,7 @@ class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installButton.enabled = not self._dependencies.ready
         self.fillDefaultSchema()
         self.updatePretrainSummary()
-        self.updateButtons()
+        self.updateModelHistory()
 
     def fillDefaultSchema(self) -> None:
         if self._parameterNode and not self._parameterNode.schemaText and self._ready():
@@ -199,8 +207,10 @@ class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         idle = self._job is None or not self._job.running
         ready = self._ready() and idle
         for button in (self.ui.pretrainButton, self.ui.annotateButton, self.ui.finetuneButton,
-                       self.ui.segmentButton):
+                       self.ui.segmentButton, self.ui.suggestButton, self.ui.acceptCorrectionButton):
             button.enabled = ready
+        self.ui.loadSuggestionButton.enabled = ready and bool(self._suggestions)
+        self.ui.revertModelButton.enabled = ready and len(self._history) > 1
         self.ui.cancelButton.enabled = not idle
 
     def _ready(self) -> bool:
@@ -251,6 +261,64 @@ class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volume = p.segmentVolume
             job = self.logic.segment(volume, pathOrNone(p.segmentModel), SegmentOptions(device=p.device))
             self._watch(job, lambda node: slicer.util.setSliceViewerLayers(background=volume, fit=False))
+
+    # -- human in the loop ---------------------------------------------------------------------------------
+    def onSuggest(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not start the suggestion."), waitCursor=True):
+            job = self.logic.suggestCases(pathOrNone(p.segmentModel),
+                                          self.ui.annotateVolumesComboBox.checkedNodes() or None,
+                                          SuggestOptions(device=p.device))
+            self._watch(job, self.showSuggestions)
+
+    def showSuggestions(self, suggestions) -> None:
+        self._suggestions = list(suggestions)
+        self.ui.suggestionsListWidget.clear()
+        for suggestion in self._suggestions:
+            self.ui.suggestionsListWidget.addItem(suggestion.describe())
+        self.ui.suggestionsListWidget.setCurrentRow(0)
+        self.updateButtons()
+
+    def onLoadSuggestion(self, *unused) -> None:
+        p = self._parameterNode
+        row = self.ui.suggestionsListWidget.currentRow
+        if not 0 <= row < len(self._suggestions) or (self._job is not None and self._job.running):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not load the suggested case."), waitCursor=True):
+            volume = slicer.mrmlScene.GetNodeByID(self._suggestions[row].volumeNodeID)
+            job = self.logic.loadSuggestion(volume, pathOrNone(p.segmentModel), SegmentOptions(device=p.device))
+            self._watch(job, lambda node: self._openSegmentEditor(node, volume))
+
+    def onAcceptCorrection(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not start updating the model."), waitCursor=True):
+            job = self.logic.acceptCorrections(pathOrNone(p.segmentModel),
+                                               FinetuneOptions(epochs=p.finetuneEpochs, device=p.device),
+                                               schema=parseSchemaText(p.schemaText),
+                                               pretrainedModel=pathOrNone(p.finetunePretrained),
+                                               outputPath=pathOrNone(p.finetuneOutput))
+            self._watch(job, lambda model: setattr(p, "segmentModel", pathlib.Path(model)))
+
+    def updateModelHistory(self, *unused) -> None:
+        self._history = []
+        self.ui.modelHistoryListWidget.clear()
+        model = pathOrNone(self._parameterNode.segmentModel) if self._parameterNode else None
+        if self._ready() and model and os.path.isfile(model):
+            try:
+                self._history = self.logic.modelHistory(model)
+            except ValueError as exc:
+                self.ui.modelHistoryListWidget.addItem(str(exc))
+        for version in self._history:
+            self.ui.modelHistoryListWidget.addItem(version.describe())
+        self.ui.modelHistoryListWidget.setCurrentRow(len(self._history) - 1)
+        self.updateButtons()
+
+    def onRevertModel(self) -> None:
+        row = self.ui.modelHistoryListWidget.currentRow
+        if not 0 <= row < len(self._history):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not go back to this model.")):
+            self._parameterNode.segmentModel = pathlib.Path(self.logic.revertModel(self._history[row]))
 
     def onCancel(self) -> None:
         if self._job is not None:
@@ -359,7 +427,7 @@ class MACLSegmentTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         """The Reload-and-Test button: every test in turn (ctest runs the test_ methods one by one)."""
         for test in (self.test_BadInput, self.test_ParameterRoundTrip, self.test_JobError, self.test_Cancel,
-                     self.test_Pretrain, self.test_Walkthrough):
+                     self.test_Pretrain, self.test_Walkthrough, self.test_HumanInTheLoop):
             self.setUp()
             try:
                 test()
@@ -388,6 +456,10 @@ class MACLSegmentTest(ScriptedLoadableModuleTest):
             self.skipTest("this MACLCore has no 'maclcore pretrain' command")
         selftests.testPretrain(self.context)
         self.delayDisplay("Pretraining on scene volumes and a folder wrote a pretrained model")
+
+    def test_HumanInTheLoop(self) -> None:
+        selftests.testHumanInTheLoop(self.context)
+        self.delayDisplay("Suggest, correct, update the model and go back in its history")
 
     def test_ParameterRoundTrip(self) -> None:
         selftests.testParameterRoundTrip(self.context)

@@ -32,7 +32,8 @@ def model(phantoms, tmp_path_factory):
 
 
 @pytest.mark.parametrize("command,option", [("pretrain", "--variant"), ("finetune", "--init"),
-                                            ("predict", "--format"), ("evaluate", "--json"), ("demo", "--quick")])
+                                            ("predict", "--format"), ("evaluate", "--json"), ("demo", "--quick"),
+                                            ("suggest", "--labelled")])
 def test_every_subcommand_has_help(command, option):
     result = maclcore(command, "--help")
     assert option in result.stdout and "usage: maclcore " + command in result.stdout

@@ -1,5 +1,6 @@
 """Volumes, label maps and Slicer segmentations: geometry survives every round trip."""
 
+import locale
 import os
 
 import nrrd
@@ -121,7 +122,19 @@ def test_label_map_grid_mismatch_and_out_of_schema_values(tmp_path):
 
 
 def write_dicom_series(folder, array, spacing, origin):
-    """A minimal CT-like DICOM series, one file per slice, with the geometry tags a reader needs."""
+    """A minimal CT-like DICOM series, one file per slice, with the geometry tags a reader needs.
+
+    GDCM's writer switches the process's locale to "C" (text files then read as ASCII in later tests), so the
+    locale is put back afterwards.
+    """
+    previous = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(folder, array, spacing, origin)
+    finally:
+        locale.setlocale(locale.LC_ALL, previous)
+
+
+def _write_dicom_slices(folder, array, spacing, origin):
     os.makedirs(folder)
     for k in range(array.shape[0]):
         image = sitk.GetImageFromArray(array[k:k + 1].astype(np.int16))

@@ -6,6 +6,8 @@ Usable without any GUI (scripts, tests)::
     annotation = logic.createAnnotation(volumeNode)          # then paint it in the Segment Editor
     model = logic.runToCompletion(logic.finetune([(volumeNode, annotation)], None, "model.pt"))
     segmentation = logic.runToCompletion(logic.segment(otherVolumeNode, model))
+
+The human-in-the-loop actions (suggest, correct, update, history) are in :mod:`humanloop`.
 """
 
 import os
@@ -18,6 +20,7 @@ import slicer
 
 from . import dependencies, scene_io
 from .errors import InputError, JobError
+from .humanloop import ANNOTATION_ATTRIBUTE, HumanInTheLoopLogic, caseName
 from .jobs import BackgroundJob, runToCompletion
 from .options import FinetuneOptions, PretrainOptions, SegmentOptions
 from .schema import defaultSchema, matchSegments, registeredSchemaName, writeSchemaFile
@@ -37,7 +40,7 @@ def defaultPythonExecutable() -> str:
     return sys.executable
 
 
-class CoreLogic:
+class CoreLogic(HumanInTheLoopLogic):
     """Every action of the module, taking MRML nodes and plain options.
 
     Args:
@@ -171,8 +174,10 @@ class CoreLogic:
         if volumeNode is None:
             raise InputError("Annotate: no volume selected; choose the volumes to annotate")
         schema = schema or defaultSchema()
-        return scene_io.createSchemaSegmentation(self.scene, volumeNode, schema,
+        node = scene_io.createSchemaSegmentation(self.scene, volumeNode, schema,
                                                  volumeNode.GetName() + ANNOTATION_SUFFIX)
+        node.SetAttribute(ANNOTATION_ATTRIBUTE, "1")
+        return node
 
     @staticmethod
     def annotationPairs(segmentationNodes: Sequence[Any]) -> List[Tuple[Any, Any]]:
@@ -208,9 +213,11 @@ class CoreLogic:
         labelMaps = [self.annotationLabels(volume, segmentation, schema) for volume, segmentation in pairs]
         jobFolder = self._jobFolder()
         images, labels = os.path.join(jobFolder, "images"), os.path.join(jobFolder, "labels")
-        for index, ((volume, _), labelMap) in enumerate(zip(pairs, labelMaps)):
-            scene_io.writeVolume(volume, os.path.join(images, f"case{index:03d}_0000.nrrd"))
-            scene_io.writeLabelMap(labelMap, volume, os.path.join(labels, f"case{index:03d}.nrrd"))
+        names: List[str] = []
+        for (volume, _), labelMap in zip(pairs, labelMaps):
+            names.append(caseName(volume.GetName(), names))  # stable names: the model's lineage lists them
+            scene_io.writeVolume(volume, os.path.join(images, f"{names[-1]}_0000.nrrd"))
+            scene_io.writeLabelMap(labelMap, volume, os.path.join(labels, f"{names[-1]}.nrrd"))
         arguments = ["--images", images, "--labels", labels, "--out", outputPath,
                      "--labels-schema", registeredSchemaName(schema) or writeSchemaFile(schema, jobFolder)]
         if pretrainedModel:
@@ -219,8 +226,13 @@ class CoreLogic:
                               finisher=lambda job: _modelWritten(job, outputPath))
 
     # -- segment -----------------------------------------------------------------------------------------
-    def segment(self, volumeNode: Any, modelPath: str, options: Optional[SegmentOptions] = None) -> BackgroundJob:
-        """Segment a volume; the job's result is a NEW segmentation node with the model's named segments."""
+    def segment(self, volumeNode: Any, modelPath: str, options: Optional[SegmentOptions] = None,
+                name: Optional[str] = None, annotation: bool = False) -> BackgroundJob:
+        """Segment a volume; the job's result is a NEW segmentation node with the model's named segments.
+
+        ``name``: the node's name (default: the volume's name + " MACL segmentation"); ``annotation``: mark the
+        node as the volume's annotation (a prediction to correct, then train on).
+        """
         options = options or SegmentOptions()
         if volumeNode is None:
             raise InputError("Segment: no volume selected; choose the volume to segment")
@@ -236,9 +248,11 @@ class CoreLogic:
         arguments = ["--model", modelPath, "--image", image, "--out", result, *options.arguments()]
 
         def load(job: BackgroundJob) -> Any:
-            node = scene_io.loadSegmentation(result, volumeNode, volumeNode.GetName() + RESULT_SUFFIX,
+            node = scene_io.loadSegmentation(result, volumeNode, name or volumeNode.GetName() + RESULT_SUFFIX,
                                              self.segmentationsLogic())
             node.SetAttribute(MODEL_ATTRIBUTE, os.path.abspath(modelPath))
+            if annotation:
+                node.SetAttribute(ANNOTATION_ATTRIBUTE, "1")
             return node
 
         return self._startJob("Segmentation", "predict", arguments, jobFolder, stoppable=False, finisher=load)

@@ -1,4 +1,4 @@
-"""Settings of the module's three jobs, as frozen dataclasses that turn into ``maclcore`` options."""
+"""Settings of the module's jobs, as frozen dataclasses that turn into ``maclcore`` options."""
 
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -117,3 +117,27 @@ class SegmentOptions:
 
     def arguments(self) -> List[str]:
         return ["--device", self.device, "--batch-size", str(self.batchSize)]
+
+
+@dataclass(frozen=True)
+class SuggestOptions:
+    """Ranking volumes for annotation (``maclcore suggest``).
+
+    Args:
+        device: auto, cpu, cuda or cuda:N.
+        rotations: test-time rotations (1, 2 or 4 quarter turns averaged; more is steadier and slower).
+        batchSize: slices per forward pass.
+    """
+
+    device: str = "auto"
+    rotations: int = 4
+    batchSize: int = 16
+
+    def __post_init__(self) -> None:
+        _checkPositive("Batch size", self.batchSize)
+        _checkDevice(self.device)
+        if self.rotations not in (1, 2, 4):
+            raise InputError(f"Rotations must be 1, 2 or 4, got {self.rotations}")
+
+    def arguments(self) -> List[str]:
+        return ["--device", self.device, "--rotations", str(self.rotations), "--batch-size", str(self.batchSize)]

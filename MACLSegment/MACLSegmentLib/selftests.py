@@ -15,15 +15,16 @@ from typing import Any, Dict
 
 from . import parameters, scene_io
 from .errors import JobCancelled, JobError
+from .humanloop import ANNOTATION_ATTRIBUTE, CORRECTION_SUFFIX, nextModelPath
 from .jobs import EXIT_INTERRUPTED
 from .logic import RESULT_SUFFIX
-from .options import FinetuneOptions, PretrainOptions, SegmentOptions
+from .options import FinetuneOptions, PretrainOptions, SegmentOptions, SuggestOptions
 from .schema import defaultSchema, matchSegments, parseSchemaText
 from .testsupport import (SelfTestContext, check, checkGeometry, checkNamesAndColors, diceScores,
-                          expectInputError, loadPhantoms, paintFromTruth, resultLabels, writePhantom)
+                          expectInputError, loadPhantoms, loadVolume, paintFromTruth, resultLabels, writePhantom)
 
 __all__ = ["SelfTestContext", "pretrainAvailable", "runWalkthrough", "testBadInput", "testCancel",
-           "testJobError", "testParameterRoundTrip", "testPretrain"]
+           "testHumanInTheLoop", "testJobError", "testParameterRoundTrip", "testPretrain"]
 
 # A finetune that learns the phantoms in ~15 s on two idle CPU cores (160 steps of a small U-Net).
 QUICK_FINETUNE = FinetuneOptions(epochs=20, stepsPerEpoch=8, batchSize=8, device="cpu", spacing=3.0,
@@ -34,6 +35,9 @@ TEST_SEED = 203
 # (0.81 for these seeds); a regression (labels shuffled, geometry lost) falls far below the threshold.
 MIN_MEAN_DICE = 0.5
 JOB_TIMEOUT = 900.0
+# The human-in-the-loop round trip checks the plumbing, not the learning: a tiny network, a few steps.
+TINY_FINETUNE = FinetuneOptions(epochs=2, stepsPerEpoch=2, batchSize=4, device="cpu", spacing=6.0,
+                                channels=(4, 8, 8, 16, 16), seed=0)
 
 
 def annotateCases(context: SelfTestContext, cases: list, schema: Any) -> list:
@@ -257,3 +261,54 @@ def testPretrain(context: SelfTestContext) -> Dict[str, Any]:
           f"several GPUs should run under torchrun: {multi}")
     context.log(f"pretrain: {count} volumes ({size / 2 ** 20:.1f} MB), {job.progress.events} progress events")
     return {"volumes": count, "bytes": size, "events": job.progress.events}
+
+
+def testHumanInTheLoop(context: SelfTestContext) -> Dict[str, Any]:
+    """Suggest -> load the prediction to correct -> accept (update the model) -> history -> go back."""
+    logic, schema = context.logic(), defaultSchema()
+    cases = loadPhantoms(context, TRAINING_SEEDS + (TEST_SEED,))
+    truth = {volume.GetID(): phantom.labels for volume, phantom in cases}
+    first = cases[0][0]
+    again = loadVolume(context, os.path.join(context.folder, "data", f"phantom{TRAINING_SEEDS[0]}.nii.gz"),
+                       f"phantom{TRAINING_SEEDS[0]} again")  # an exact duplicate of the annotated case
+    annotateCases(context, cases[:1], schema)
+    check(logic.annotatedVolumes() == [first], "the annotated volume is not recognised")
+    expectInputError(lambda: logic.suggestCases(None), "no model file")
+    models = os.path.join(context.folder, "models")
+    model = logic.runToCompletion(logic.acceptCorrections(None, TINY_FINETUNE, schema,
+                                                          outputPath=os.path.join(models, "model.pt")), JOB_TIMEOUT)
+
+    candidates = {volume.GetName() for volume in logic.suggestionCandidates()}
+    check(candidates == {again.GetName(), cases[1][0].GetName(), cases[2][0].GetName()}, f"candidates {candidates}")
+    job = logic.suggestCases(model, options=SuggestOptions(device="cpu", rotations=2))
+    suggestions = logic.runToCompletion(job, JOB_TIMEOUT)
+    check([s.rank for s in suggestions] == [1, 2, 3], f"ranks {[s.rank for s in suggestions]}")
+    duplicate = next(s for s in suggestions if s.name == again.GetName())
+    check(duplicate.diversity < 1e-6 and duplicate.rank == 3 and duplicate.nearest == first.GetName(),
+          f"the duplicate of the annotated case should come last with diversity 0: {duplicate}")
+
+    chosen = context.scene.GetNodeByID(suggestions[0].volumeNodeID)
+    correction = logic.runToCompletion(logic.loadSuggestion(chosen, model, SegmentOptions(device="cpu")), JOB_TIMEOUT)
+    check(correction.GetAttribute(ANNOTATION_ATTRIBUTE) == "1", "the prediction to correct is not an annotation")
+    check(correction.GetName().startswith(chosen.GetName() + CORRECTION_SUFFIX), correction.GetName())
+    check(scene_io.referenceVolume(correction) is chosen, "the correction is not linked to its volume")
+    checkNamesAndColors(correction, schema)
+    paintFromTruth(context, correction, chosen, truth[chosen.GetID()], matchSegments(correction, schema))
+    corrected = logic.annotationLabels(chosen, correction, schema)
+    check((corrected == truth[chosen.GetID()]).all(), "the correction did not replace the prediction")
+    check(chosen not in logic.suggestionCandidates(), "an annotated volume is still a candidate")
+
+    updated = logic.runToCompletion(logic.acceptCorrections(model, TINY_FINETUNE, schema), JOB_TIMEOUT)
+    check(updated == os.path.join(models, "model-002.pt") and os.path.isfile(model), f"update wrote {updated}")
+    history = logic.modelHistory(updated)
+    check([v.generation for v in history] == [1, 2] and history[1].current and not history[0].current, "history")
+    check(history[0].path == model and len(history[1].cases) == 2 and len(history[1].addedCases) == 1,
+          f"history {history}")
+    check(logic.revertModel(history[0]) == model, "going back did not give the first model")
+    check(nextModelPath(model) == os.path.join(models, "model-003.pt"), "numbering")
+    with open(model, "ab") as handle:
+        handle.write(b"changed")
+    expectInputError(lambda: logic.revertModel(history[0]), "has changed")
+    context.log(f"human in the loop: suggested {[s.name for s in suggestions]}, history "
+                f"{[v.describe() for v in history]}")
+    return {"suggestions": suggestions, "history": history}

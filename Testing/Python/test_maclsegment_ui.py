@@ -28,6 +28,7 @@ SUFFIX_CLASSES = {
     "SpinBox": {"QSpinBox"},
     "TextEdit": {"QTextEdit", "QPlainTextEdit"},
     "ProgressBar": {"QProgressBar"},
+    "ListWidget": {"QListWidget"},
 }
 # Parameter kind -> widget classes Slicer's parameterNodeWrapper connects it to (guiConnectors.py).
 KIND_CLASSES = {"int": {"QSpinBox", "QSlider"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"},
@@ -35,7 +36,7 @@ KIND_CLASSES = {"int": {"QSpinBox", "QSlider"}, "float": {"QDoubleSpinBox", "ctk
                 "path": {"ctkPathLineEdit", "ctkDirectoryButton"}, "node": {"qMRMLNodeComboBox"}}
 MRML_CLASSES = {"qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox"}
 QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QSpinBox", "QTextEdit", "QPlainTextEdit",
-              "QProgressBar", "QLineEdit", "QCheckBox"}
+              "QProgressBar", "QLineEdit", "QCheckBox", "QListWidget"}
 
 
 @pytest.fixture(scope="module")

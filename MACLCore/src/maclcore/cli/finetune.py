@@ -10,7 +10,7 @@ from ..labels import get_schema
 from ..training.finetune import FinetuneConfig, finetune
 from ..training.progress import Reporter
 from .options import (add_augmentation_options, add_loop_options, add_preprocessing_options, add_schema_option,
-                      augmentation_config, given, loop_config)
+                      add_storage_options, augmentation_config, given, loop_config, storage_config)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--images", required=True, help="folder of images (NIfTI, NRRD, MHA, DICOM series folders)")
     parser.add_argument("--labels", required=True, help="folder of label maps or .seg.nrrd segmentations")
     parser.add_argument("--out", required=True, help="model file to write, e.g. model.pt")
-    parser.add_argument("--init", help="start from this pretrained (maclcore pretrain) or segmentation model")
+    parser.add_argument("--init", help="start from this pretrained (maclcore pretrain) or segmentation model; a "
+                                       "segmentation model is continued (all weights, its preprocessing) and "
+                                       "recorded as the new model's parent in its lineage")
     defaults = FinetuneConfig()
     parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
     parser.add_argument("--dice-weight", type=float,
@@ -37,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_loop_options(parser, defaults.loop)
     add_preprocessing_options(parser)
     add_augmentation_options(parser)
+    add_storage_options(parser)
     return parser
 
 
@@ -51,5 +54,6 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     cases = pair_cases(args.images, args.labels)
     finetune(cases, args.out, config_from_args(args), schema=get_schema(args.labels_schema), init=args.init,
-             device=args.device, reporter=reporter, resume=args.resume, stop_file=args.stop_file)
+             device=args.device, reporter=reporter, resume=args.resume, stop_file=args.stop_file,
+             storage=storage_config(args))
     return 0

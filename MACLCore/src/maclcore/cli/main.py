@@ -14,9 +14,9 @@ from .. import __version__
 from ..errors import MaclError, TrainingInterrupted
 from ..training.progress import Reporter, make_reporter
 from ..training.runtime import is_out_of_memory
-from . import demo, evaluate, finetune, predict, pretrain
+from . import demo, evaluate, finetune, predict, pretrain, suggest
 
-COMMANDS = (pretrain, finetune, predict, evaluate, demo)
+COMMANDS = (pretrain, finetune, predict, evaluate, suggest, demo)
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 

@@ -10,6 +10,7 @@ from ..data.augment import AugmentationConfig
 from ..errors import ConfigError
 from ..labels import SCHEMAS
 from ..training.loop import LoopConfig
+from ..training.session import SliceStorage
 
 
 def int_list(text: str) -> Tuple[int, ...]:
@@ -73,6 +74,24 @@ def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--size", type=int, help="square size f_s slices are zero-padded to (multiple of 16)")
     group.add_argument("--channels", type=int_list,
                        help="U-Net widths of the 4 encoder blocks and the centre, e.g. 32,64,128,256,512")
+
+
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data in memory or on disk")
+    group.add_argument("--cache-dir", help="keep the preprocessed slices in this folder and reuse them while the "
+                                           "images are unchanged (rebuilt when stale); a cache built elsewhere "
+                                           "trains without the images or SimpleITK")
+    group.add_argument("--max-memory", type=float, metavar="GB",
+                       help="GB of slices to hold in the training device's memory; more stream from the cache "
+                            "batch by batch (default: half the free GPU memory or RAM)")
+    group.add_argument("--cache-dtype", choices=("float32", "float16"),
+                       help="precision of cached images: float32 (exact, default) or float16 (half the disk)")
+
+
+def storage_config(args: argparse.Namespace) -> SliceStorage:
+    if args.max_memory is not None and not args.max_memory >= 0:
+        raise ConfigError(f"--max-memory must be >= 0 GB, got {args.max_memory}")
+    return SliceStorage(cache_dir=args.cache_dir, max_memory=args.max_memory, cache_dtype=args.cache_dtype)
 
 
 def add_schema_option(parser: argparse.ArgumentParser) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from ..errors import ConfigError
 from ..io.pairing import find_images
 from ..losses.mlc import MLCLossConfig
 from ..models.macl import MACLNetConfig
 from ..models.variants import VARIANTS
 from ..training.pretrain import PretrainConfig, pretrain, pretrain_config
 from ..training.progress import Reporter
-from .options import (add_augmentation_options, add_loop_options, add_preprocessing_options, augmentation_config,
-                      given, loop_config)
+from .options import (add_augmentation_options, add_loop_options, add_preprocessing_options, add_storage_options,
+                      augmentation_config, given, loop_config, storage_config)
 
 
 def _floats(text: str) -> tuple:
@@ -28,8 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="MACL pretraining of the U-Net encoder and first decoder blocks on unlabelled volumes (no "
                     "labels needed; any readable volume works). Several GPUs: run the same command under "
                     "torchrun --nproc_per_node N -m maclcore pretrain ...")
-    parser.add_argument("--images", required=True, nargs="+",
-                        help="folders and/or files of volumes (NIfTI, NRRD, MHA, DICOM series folders)")
+    parser.add_argument("--images", nargs="+",
+                        help="folders and/or files of volumes (NIfTI, NRRD, MHA, DICOM series folders); may be "
+                             "left out with a --cache-dir built before")
     parser.add_argument("--out", required=True, help="pretrained model file to write, e.g. pretrained.pt")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="macl",
                         help="pretraining method: " + "; ".join(f"{k} = {v.label}" for k, v in VARIANTS.items()))
@@ -45,6 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_loop_options(parser, base.loop)
     add_preprocessing_options(parser)
     add_augmentation_options(parser)
+    add_storage_options(parser)
     return parser
 
 
@@ -59,6 +62,10 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    pretrain(find_images(args.images), args.out, config_from_args(args), device=args.device, reporter=reporter,
-             resume=args.resume, stop_file=args.stop_file)
+    if not args.images and not args.cache_dir:
+        raise ConfigError("give --images, or --cache-dir with a slice cache built before")
+    storage = storage_config(args)
+    cases = find_images(args.images) if args.images else []
+    pretrain(cases, args.out, config_from_args(args), device=args.device, reporter=reporter,
+             resume=args.resume, stop_file=args.stop_file, storage=storage)
     return 0

@@ -1,13 +1,15 @@
 """Slice datasets: every slice of a set of volumes, preprocessed once and held as tensors.
 
 Volumes are read and preprocessed once when the dataset is built; a training step only indexes tensors
-(which can live on the GPU), so no file is touched and no Python loop runs per sample.
+(which can live on the GPU), so no file is touched and no Python loop runs per sample. Slices that do not
+fit in memory stay in an on-disk cache (:mod:`maclcore.data.cache`): ``images`` and ``labels`` are then
+:class:`~maclcore.data.stream.StreamedArray` s, indexed the same way, and each batch is gathered from disk.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from ..io.segmentation import read_label_map
 from ..io.volume import Geometry, read_geometry, read_volume
 from ..labels import LabelSchema
 from .preprocessing import PreparedVolume, PreprocessingConfig, pad_slices, prepare_volume
+from .stream import SliceStream, StreamedArray
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -59,11 +62,11 @@ def load_cases(cases: Sequence[Case], config: PreprocessingConfig, schema: Optio
 class SliceData:
     """All slices of some volumes, padded to one size, with their positions and volume indices."""
 
-    images: torch.Tensor  # (N, 1, S, S) float32 in [0, 1]
+    images: Union[torch.Tensor, StreamedArray]  # (N, 1, S, S) float32 in [0, 1]
     positions: torch.Tensor  # (N,) float32, p = (k + 0.5) / Z of the slice's volume
     volumes: torch.Tensor  # (N,) int64 index into ``names``
     names: List[str] = field(default_factory=list)
-    labels: Optional[torch.Tensor] = None  # (N, S, S) uint8
+    labels: Optional[Union[torch.Tensor, StreamedArray]] = None  # (N, S, S) uint8
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -72,11 +75,29 @@ class SliceData:
     def size(self) -> int:
         return int(self.images.shape[-1])
 
+    @property
+    def stream(self) -> Optional[SliceStream]:
+        """The on-disk stream the images come from; None when they are in memory."""
+        return self.images.stream if isinstance(self.images, StreamedArray) else None
+
     def to(self, device: torch.device) -> "SliceData":
-        """A copy with the tensors on ``device`` (all slices move at once, not per step)."""
+        """A copy with the tensors on ``device`` (all slices move at once, not per step; streamed slices
+        stay on disk and their batches go to ``device``)."""
+        stream = self.stream
+        if stream is not None:
+            stream = stream.to(device)
+            return SliceData(images=stream.view("images"), positions=self.positions.to(device),
+                             volumes=self.volumes.to(device), names=list(self.names),
+                             labels=None if self.labels is None else stream.view("labels"))
         return SliceData(images=self.images.to(device), positions=self.positions.to(device),
                          volumes=self.volumes.to(device), names=list(self.names),
                          labels=None if self.labels is None else self.labels.to(device))
+
+    def prefetch(self, indices: torch.Tensor, rows: torch.Tensor) -> None:
+        """Start gathering the batch that ``images[indices]`` will ask for (``rows``: the same indices on the
+        CPU) while the current step runs. A no-op for slices in memory."""
+        if self.stream is not None:
+            self.stream.stage(indices, rows)
 
     def select_volumes(self, names: Sequence[str]) -> "SliceData":
         """The slices of the named volumes only (volume indices are renumbered)."""
@@ -86,6 +107,12 @@ class SliceData:
         for new, old in enumerate(wanted):
             mask |= self.volumes == old
             remap[old] = new
+        stream = self.stream
+        if stream is not None:
+            stream = stream.subset(mask.cpu().numpy())
+            return SliceData(images=stream.view("images"), positions=self.positions[mask],
+                             volumes=remap[self.volumes[mask]], names=list(names),
+                             labels=None if self.labels is None else stream.view("labels"))
         return SliceData(images=self.images[mask], positions=self.positions[mask],
                          volumes=remap[self.volumes[mask]], names=list(names),
                          labels=None if self.labels is None else self.labels[mask])

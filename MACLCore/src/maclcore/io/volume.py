@@ -116,7 +116,24 @@ def is_dicom_folder(path: PathLike) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _keeping_locale() -> Iterator[None]:
+    """GDCM switches the process's locale to "C", after which Python reads text files as ASCII; put it back."""
+    import locale
+
+    previous = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, previous)
+
+
 def _read_dicom_series(path: str) -> Any:
+    with _keeping_locale():
+        return _scan_and_read_dicom_series(path)
+
+
+def _scan_and_read_dicom_series(path: str) -> Any:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()

@@ -9,6 +9,7 @@ label schema and preprocessing needed to use it.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import pickle
 import platform
@@ -33,6 +34,15 @@ def provenance() -> Dict[str, Any]:
     """Versions and time, recorded in every checkpoint and report."""
     return {"maclcore": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (hex): identifies a model file, wherever it was copied to."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def plain_data(value: Any, where: str = "checkpoint") -> Any:

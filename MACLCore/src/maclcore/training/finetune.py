@@ -20,10 +20,12 @@ from ..io.pairing import Case
 from ..labels import CARDIAC, LabelSchema
 from ..losses.segmentation import segmentation_loss
 from ..models.unet import DEFAULT_CHANNELS, UNet, UNetConfig
+from .lineage import new_generation, parent_record
 from .loop import LoopConfig, Trainer, cosine_lr, unwrap
 from .progress import Reporter
 from .runtime import setup_processes
-from .session import TrainingSession, load_training_slices, make_optimizer, prepare_model, seed_everything
+from .session import (SliceStorage, TrainingSession, make_optimizer, prepare_model, seed_everything,
+                      training_slices)
 from .transfer import init_channels, load_initial_weights, read_init
 
 # Cardiac cine frames of one patient (ED/ES, or numbered frames) form one group: they are never split
@@ -101,6 +103,10 @@ class FinetuneTask:
                  config: FinetuneConfig, num_classes: int) -> None:
         self.model, self.train, self.val, self.config, self.num_classes = model, train, val, config, num_classes
 
+    def prefetch(self, indices: torch.Tensor, rows: torch.Tensor) -> None:
+        """Start gathering a coming step's slices (when they stream from disk)."""
+        self.train.prefetch(indices, rows)
+
     def loss(self, indices: torch.Tensor, generator: torch.Generator, offset: int, global_batch: int) -> torch.Tensor:
         rows = torch.arange(offset, offset + indices.shape[0], device=indices.device)
         augmentation = draw_augmentation(global_batch, rows, self.config.augmentation, generator, indices.device)
@@ -127,18 +133,27 @@ class FinetuneTask:
 
 
 def _plan(cases: Sequence[Case], config: FinetuneConfig, init: Optional[Dict[str, Any]]) -> PreprocessingConfig:
+    """The preprocessing: derived from the cases, with the init model's spacing (pretrained features see the
+    scale they learnt). Continuing a segmentation model keeps its whole plan (spacing, intensity percentiles,
+    and a size grown only if a new case needs more), so the weights keep seeing what they were trained on."""
     spacing = config.spacing
     if spacing is None and init is not None:
         spacing = float(init["preprocessing"]["spacing"])
-    return plan_preprocessing(read_case_geometries(cases), spacing=spacing, size=config.size)
+    plan = plan_preprocessing(read_case_geometries(cases), spacing=spacing, size=config.size)
+    if init is not None and init["kind"] == "segmentation" and config.size is None:
+        inherited = from_dict(PreprocessingConfig, init["preprocessing"])
+        if inherited.spacing == plan.spacing:
+            plan = replace(inherited, size=max(inherited.size, plan.size))
+    return plan
 
 
 def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = FinetuneConfig(),
              schema: LabelSchema = CARDIAC, init: Optional[PathLike] = None, device: str = "auto",
              reporter: Optional[Reporter] = None, resume: bool = False,
-             stop_file: Optional[str] = None) -> Dict[str, Any]:
+             stop_file: Optional[str] = None, storage: Optional[SliceStorage] = None) -> Dict[str, Any]:
     """Train a segmentation model on labelled cases and write it to ``output``.
 
+    ``storage`` says where the slices live (device memory when they fit, else streamed from an on-disk cache).
     ``resume`` continues an interrupted run; the run stops (resumably) on Ctrl-C/SIGTERM or when
     ``stop_file`` appears. Returns a summary: output path, history, selected epoch, train/validation cases,
     init report.
@@ -162,18 +177,21 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
         plan = from_dict(PreprocessingConfig, saved["preprocessing"]) if saved else _plan(cases, config, init_data)
         train_names, val_names = ((saved["split"]["train"], saved["split"]["val"]) if saved
                                   else split_validation([c.name for c in cases], config))
-        data = load_training_slices(cases, plan, schema, reporter, session)
-        train = data.select_volumes(train_names).to(device_)
-        val = data.select_volumes(val_names).to(device_) if val_names else None
+        data, plan = training_slices(cases, schema, reporter, session, device_, storage, plan=plan)
+        train = data.select_volumes(train_names)
+        val = data.select_volumes(val_names) if val_names else None
         reporter.message(f"training on {len(train_names)} volumes ({len(train)} slices)"
                          + (f", validating on {len(val_names)}: {', '.join(val_names)}" if val_names
                             else "; no validation split (too few patients): the last epoch is kept"))
         network = UNet(UNetConfig(num_classes=schema.num_classes, channels=tuple(config.channels)))
         init_report = saved["init"] if saved else None
+        parent = saved.get("parent") if saved else None
         if init_data is not None:
             init_report = load_initial_weights(network, init_data, init)  # type: ignore[arg-type]
+            parent = parent_record(init, init_data)  # type: ignore[arg-type]
             reporter.message(f"initialised from {init}: loaded {', '.join(init_report['loaded'])}; "
                              f"random: {', '.join(init_report['random']) or 'nothing'}")
+            _warn_label_names(init_data, schema, reporter)
         model = prepare_model(network, procs, device_, config.loop)
         optimizer = make_optimizer(torch.optim.Adam, model, device_, lr=config.lr, weight_decay=config.weight_decay)
         trainer = Trainer(FinetuneTask(model, train, val, config, schema.num_classes), optimizer,
@@ -181,16 +199,29 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
                           config.loop, len(train), device_, procs, reporter, "finetune")
         record = {"config": to_dict(config), "labels": schema.to_dict(), "preprocessing": to_dict(plan),
                   "cases": [c.name for c in cases], "split": {"train": train_names, "val": val_names},
-                  "init": init_report}
+                  "init": init_report, "parent": parent}
         state = session.run(trainer, model, optimizer, record)
         selected = state.best_epoch if state.best_weights is not None else state.epoch
         weights = state.best_weights if state.best_weights is not None else unwrap(model).state_dict()
         training = {"config": record["config"], "selected_epoch": selected, "history": state.history,
                     "train_cases": train_names, "val_cases": val_names, "init": init_report,
                     "seed": config.loop.seed, "processes": procs.world_size}
+        lineage = new_generation(output, parent, [c.name for c in cases], state.best_score, selected,
+                                 config.loop.epochs)
         session.finish("segmentation", {
             "model": to_dict(unwrap(model).config), "labels": record["labels"], "preprocessing": record["preprocessing"],
-            "training": training, "state_dict": {k: v.detach().cpu() for k, v in weights.items()}})
+            "training": training, "lineage": lineage,
+            "state_dict": {k: v.detach().cpu() for k, v in weights.items()}})
     metrics = {"selected_epoch": selected, **({"val_dice": state.best_score} if state.best_score is not None else {})}
     reporter.done(output=output, metrics=metrics)
-    return {"output": output, **training}
+    return {"output": output, **training, "lineage": lineage}
+
+
+def _warn_label_names(init: Dict[str, Any], schema: LabelSchema, reporter: Reporter) -> None:
+    """Continuing a segmentation model whose labels have other names keeps its head: say so."""
+    if init["kind"] != "segmentation":
+        return
+    names = [str(n) for n in init.get("labels", {}).get("names", [])]
+    if names and len(names) == len(schema.names) and [n.lower() for n in names] != [n.lower() for n in schema.names]:
+        reporter.message(f"note: the initial model's labels are {', '.join(names)}; they are trained as "
+                         f"{', '.join(schema.names)} (same order)")

@@ -74,6 +74,9 @@ class Task(Protocol):
     def validate(self) -> Dict[str, float]:
         """Validation metrics, on the main process only; ``val_dice`` drives model selection when present."""
 
+    # Optional: ``prefetch(indices, rows)`` is called with a step's indices (the tensor ``loss`` will get) and
+    # their CPU copy one step ahead, so that slices streamed from disk are gathered while the device works.
+
 
 @dataclass
 class TrainState:
@@ -157,14 +160,20 @@ class Trainer:
         """Train until done or a stop is requested; returns (state, finished)."""
         config, procs = self.config, self.procs
         started, steps_run = time.perf_counter(), 0
+        # A task whose slices stream from disk gathers the next step's batch while this one runs.
+        prefetch = getattr(self.task, "prefetch", None)
         while state.epoch < config.epochs:
-            order = epoch_order(config.seed, state.epoch, self.num_samples,
-                                self.steps_per_epoch * self.global_batch).to(self.device)
+            rows = epoch_order(config.seed, state.epoch, self.num_samples, self.steps_per_epoch * self.global_batch)
+            order = rows.to(self.device)
             epoch_loss = torch.zeros((), device=self.device)
             window_loss, window_steps, epoch_steps = torch.zeros((), device=self.device), 0, 0
+            upcoming: Optional[torch.Tensor] = None
             while state.step_in_epoch < self.steps_per_epoch:
-                start = state.step_in_epoch * self.global_batch + procs.rank * config.batch_size
-                loss = self._step(order[start:start + config.batch_size], state.global_step, procs.rank * config.batch_size)
+                indices = upcoming if upcoming is not None else self._indices(order, rows, state.step_in_epoch, prefetch)
+                upcoming = None
+                if prefetch is not None and state.step_in_epoch + 1 < self.steps_per_epoch:
+                    upcoming = self._indices(order, rows, state.step_in_epoch + 1, prefetch)
+                loss = self._step(indices, state.global_step, procs.rank * config.batch_size)
                 epoch_loss += loss
                 window_loss += loss
                 window_steps, epoch_steps, steps_run = window_steps + 1, epoch_steps + 1, steps_run + 1
@@ -188,6 +197,15 @@ class Trainer:
             if stopping and state.epoch < config.epochs:
                 return state, False
         return state, True
+
+    def _indices(self, order: torch.Tensor, rows: torch.Tensor, step_in_epoch: int,
+                 prefetch: Optional[Callable[[torch.Tensor, torch.Tensor], None]]) -> torch.Tensor:
+        """This process's slice indices of a step (on the device); announced to ``prefetch`` with their CPU copy."""
+        start = step_in_epoch * self.global_batch + self.procs.rank * self.config.batch_size
+        indices = order[start:start + self.config.batch_size]
+        if prefetch is not None:
+            prefetch(indices, rows[start:start + self.config.batch_size])
+        return indices
 
     def _step(self, indices: torch.Tensor, global_step: int, offset: int) -> torch.Tensor:
         lr = self.schedule(global_step, self.total_steps)

@@ -10,9 +10,9 @@ import torch
 
 from ..config import from_dict, to_dict
 from ..data.augment import AugmentationConfig, augment_batch, draw_augmentation
-from ..data.dataset import SliceData, read_case_geometries
-from ..data.preprocessing import PreprocessingConfig, plan_preprocessing
-from ..errors import PathLike
+from ..data.dataset import SliceData
+from ..data.preprocessing import PreprocessingConfig
+from ..errors import ConfigError, PathLike
 from ..io.pairing import Case
 from ..losses.mlc import MLCLossConfig, mlc_loss
 from ..models.macl import MACLNet, MACLNetConfig
@@ -21,7 +21,8 @@ from ..models.variants import get_variant
 from .loop import LoopConfig, Trainer, cosine_lr, mean_over_processes, unwrap
 from .progress import Reporter
 from .runtime import Processes, setup_processes
-from .session import TrainingSession, load_training_slices, make_optimizer, prepare_model, seed_everything
+from .session import (SliceStorage, TrainingSession, make_optimizer, prepare_model, seed_everything,
+                      training_slices)
 
 
 # Pretraining augments less than finetuning: with the finetuning's full-circle rotation the two views of a
@@ -81,6 +82,10 @@ class PretrainTask:
         self._sums = {"global": zero.clone(), "dense": zero.clone(), "er": zero.clone()}
         self._steps = 0
 
+    def prefetch(self, indices: torch.Tensor, rows: torch.Tensor) -> None:
+        """Start gathering a coming step's slices (when they stream from disk)."""
+        self.data.prefetch(indices, rows)
+
     def loss(self, indices: torch.Tensor, generator: torch.Generator, offset: int, global_batch: int) -> torch.Tensor:
         count = indices.shape[0]
         # Views 0 and 1 of global slice g take the global draws g and global_batch + g.
@@ -111,21 +116,33 @@ class PretrainTask:
 
 def pretrain(cases: Sequence[Case], output: PathLike, config: PretrainConfig = PretrainConfig(),
              device: str = "auto", reporter: Optional[Reporter] = None, resume: bool = False,
-             stop_file: Optional[str] = None) -> Dict[str, Any]:
+             stop_file: Optional[str] = None, storage: Optional[SliceStorage] = None) -> Dict[str, Any]:
     """Pretrain the U-Net encoder and first decoder blocks on unlabelled volumes; write ``output``.
+
+    ``storage`` says where the slices live (memory, or an on-disk cache they stream from; see
+    :class:`SliceStorage`). With a cache folder, ``cases`` may be empty: the cache's own volumes are used,
+    and neither the source files nor SimpleITK are needed.
 
     Returns a summary with the output path and the per-epoch history of the loss and its terms.
     """
     reporter = reporter or Reporter()
     output = os.fspath(output)
+    storage = storage or SliceStorage()
+    sources_given = bool(cases)
+    if not sources_given:
+        if storage.cache_dir is None:
+            raise ConfigError("no volumes to pretrain on: give images, or a cache folder built before")
+        from ..data.cache import cached_cases
+
+        cases = cached_cases(storage.cache_dir)
     procs, device_ = setup_processes(device)
     with TrainingSession(output, "pretrain", procs, resume, stop_file) as session:
         session.check_cases(cases)
         config = from_dict(PretrainConfig, session.state["config"]) if session.state else with_needed_heads(config)
         seed_everything(config.loop.seed)
-        plan = (from_dict(PreprocessingConfig, session.state["preprocessing"]) if session.state else
-                plan_preprocessing(read_case_geometries(cases), spacing=config.spacing, size=config.size))
-        data = load_training_slices(cases, plan, None, reporter, session).to(device_)
+        saved_plan = from_dict(PreprocessingConfig, session.state["preprocessing"]) if session.state else None
+        data, plan = training_slices(cases, None, reporter, session, device_, storage, plan=saved_plan,
+                                     spacing=config.spacing, size=config.size, sources_given=sources_given)
         reporter.message(f"pretraining ({config.variant}) on {len(cases)} volumes, {len(data)} slices, "
                          f"{procs.world_size} process(es) x {config.loop.batch_size} slices per step")
         unet = UNetConfig(channels=tuple(config.channels))
