@@ -1,0 +1,133 @@
+"""The performance benchmarks' machinery, tiny and on the CPU: known answers, no timing asserts."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+TINY = "4,8,8,16,16"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bf16_peaks_by_gpu_name():
+    from bench_pretrain import bf16_peak_tflops
+
+    assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4  # SXM
+    assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bf16_peak_tflops("NVIDIA H100 NVL") == 835.0
+    assert bf16_peak_tflops("NVIDIA H200") == 989.4
+    assert bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == bf16_peak_tflops("NVIDIA A100-PCIE-40GB") == 312.0
+    assert bf16_peak_tflops("CPU: Intel(R) Xeon(R), 2 cores") is None
+    assert bf16_peak_tflops("Tesla T4") is None
+
+
+def test_flops_grow_with_the_pixels():
+    from bench_pretrain import count_flops
+
+    from maclcore.training.pretrain import pretrain_config
+
+    channels = tuple(int(c) for c in TINY.split(","))
+    config = pretrain_config("macl", channels=channels)
+    # Sizes are multiples of 64: MACLNet pads a view to 16 x its dominant branch's downsampling (4).
+    small, large = (count_flops(config, channels, size, 2, torch.device("cpu")) for size in (64, 128))
+    assert small > 0
+    assert 3.5 < large / small <= 4.0  # convolutions scale with pixels; the pooled heads do not
+    assert count_flops(config, channels, 64, 4, torch.device("cpu")) == pytest.approx(2 * small, rel=0.05)
+
+
+def test_reference_dataset_gives_two_views_and_identity_without_augmentation():
+    from dataclasses import replace
+
+    from bench_pretrain import ReferenceDataset, synthetic_slices
+
+    from maclcore.data.augment import AugmentationConfig
+    from maclcore.training.pretrain import pretrain_config
+
+    images = synthetic_slices(3, 32)
+    assert images.shape == (3, 1, 32, 32) and 0 <= float(images.min()) and float(images.max()) <= 1
+    config = replace(pretrain_config("macl"), augmentation=AugmentationConfig(enabled=False))
+    views, position = ReferenceDataset(images, torch.tensor([0.1, 0.5, 0.9]), config)[1]
+    assert views.shape == (2, 1, 32, 32) and float(position) == pytest.approx(0.5)
+    assert torch.allclose(views[0], images[1], atol=1e-5) and torch.allclose(views[1], images[1], atol=1e-5)
+    augmented, _ = ReferenceDataset(images, torch.zeros(3), pretrain_config("macl"))[1]
+    assert not torch.allclose(augmented[0], augmented[1])
+
+
+def test_pretrain_benchmark_times_both_paths(tmp_path):
+    import bench_pretrain
+
+    out = tmp_path / "p.json"
+    assert bench_pretrain.main(["--device", "cpu", "--sizes", "32", "--batch-sizes", "2", "--channels", TINY,
+                                "--steps", "2", "--warmup", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "pretrain_throughput" and report["bf16_dense_peak_tflops"] is None
+    fast, reference = report["results"]
+    assert (fast["path"], reference["path"]) == ("fast", "reference")
+    assert fast["flops_per_step"] == reference["flops_per_step"] > 0
+    assert fast["fraction_of_bf16_peak"] is None and fast["precision"] == "fp32" and reference["workers"] == 0
+    assert np.isfinite(fast["loss"]) and np.isfinite(reference["loss"])
+    (speedup,) = report["speedups"]
+    assert speedup["speedup"] == pytest.approx(reference["median_step_s"] / fast["median_step_s"])
+    assert report["torch"] == str(torch.__version__) and report["settings"]["steps"] == 2
+
+
+def test_scaling_efficiency_and_two_process_run(tmp_path):
+    import bench_scaling
+
+    assert bench_scaling.efficiency({1: 100.0, 2: 180.0, 4: 200.0}) == {1: 1.0, 2: 0.9, 4: 0.5}
+    out = tmp_path / "s.json"
+    assert bench_scaling.main(["--device", "cpu", "--procs", "2", "--size", "32", "--batch-size", "2",
+                               "--channels", TINY, "--steps", "2", "--warmup", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    one, two = report["runs"]
+    assert (one["processes"], two["processes"]) == (1, 2) and report["settings"]["backend"] == "gloo"
+    assert (one["global_batch"], two["global_batch"]) == (2, 4)  # weak scaling: same batch per process
+    assert one["efficiency"] == 1.0
+    assert two["efficiency"] == pytest.approx(two["slices_per_s"] / (2 * one["slices_per_s"]))
+
+
+def test_host_peak_memory_is_per_stage():
+    from bench_end_to_end import host_peak_gib, reset_host_peak, staged
+
+    if not reset_host_peak():
+        pytest.skip("peak RSS cannot be reset here")
+
+    def allocate():
+        block = np.ones(64 * 2 ** 20 // 8)  # 64 MiB, touched
+        return float(block[-1])
+
+    _, big = staged(torch.device("cpu"), allocate)
+    _, small = staged(torch.device("cpu"), lambda: None)
+    assert big["host_peak_is_per_stage"] and big["peak_host_gib"] - small["peak_host_gib"] > 0.05
+    assert host_peak_gib() > 0
+
+
+def test_perf_table_renders_known_results(tmp_path):
+    import perf_table
+
+    scaling = {"benchmark": "scaling", "device": "NVIDIA H100 80GB HBM3", "mode": "weak",
+               "mode_meaning": "same batch per process (global batch grows)",
+               "settings": {"size": 256, "threads_per_process": 1, "backend": "nccl"},
+               "runs": [{"processes": 1, "global_batch": 16, "median_step_s": 0.1, "slices_per_s": 160.0,
+                         "speedup": 1.0, "efficiency": 1.0},
+                        {"processes": 2, "global_batch": 32, "median_step_s": 0.11, "slices_per_s": 290.9,
+                         "speedup": 1.818, "efficiency": 0.909}]}
+    (tmp_path / "scaling.json").write_text(json.dumps(scaling))
+    (tmp_path / "other.json").write_text(json.dumps({"something": "else"}))
+    text = perf_table.render([str(tmp_path / "scaling.json"), str(tmp_path / "other.json")])
+    assert "H100 80GB HBM3, nccl, weak scaling" in text
+    assert "| 2 | 32 | 110.0 | 290.9 | 1.82x | 90.9% |" in text
+    assert perf_table.render([str(tmp_path / "other.json")]) == ""
