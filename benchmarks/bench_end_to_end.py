@@ -23,7 +23,6 @@ layout (imagesTr/labelsTr, e.g. ACDC), training on ``--train`` cases and testing
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -38,7 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_pretrain import RESULTS, environment  # noqa: E402
+from bench_pretrain import environment, save_report  # noqa: E402
 
 from maclcore.data.phantom import write_phantom_dataset  # noqa: E402
 from maclcore.data.preprocessing import pad_slices, padded_size, prepare_volume, restore_probabilities  # noqa: E402
@@ -249,10 +248,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="maclcore-e2e-") as work:
             report = run(args, work)
-    out = args.out or os.path.join(RESULTS, f"end_to_end_{torch.device(args.device).type}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as handle:
-        json.dump(report, handle, indent=1)
+    out = save_report(report, args.out, "end_to_end", torch.device(args.device).type)
     print(f"{report['device']}, torch {report['torch']}; {report['data']}")
     for name, stage in report["stages"].items():
         extra = "".join(f", {k} {v:.3f}" for k, v in stage.items() if k in ("dice", "peak_gpu_gib"))

@@ -36,6 +36,7 @@ import torch
 
 from maclcore.data.augment import adjust_intensity, random_affines, random_intensity, warp
 from maclcore.data.dataset import SliceData
+from maclcore.io.atomic import write_text_atomic
 from maclcore.losses.mlc import mlc_loss
 from maclcore.models.macl import MACLNet
 from maclcore.models.unet import UNetConfig
@@ -76,6 +77,14 @@ def device_name(device: torch.device) -> str:
     except (OSError, StopIteration):
         pass
     return f"CPU: {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def save_report(report: Dict[str, Any], out: Optional[str], name: str, device_type: str) -> str:
+    """Write a benchmark's JSON (atomically) to ``out`` or ``results/<name>_<device>.json``; returns the path."""
+    out = out or os.path.join(RESULTS, f"{name}_{device_type}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    write_text_atomic(out, json.dumps(report, indent=1))
+    return out
 
 
 def environment(device: torch.device) -> Dict[str, Any]:
@@ -311,10 +320,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if gpu else 0)
     report = run(device, args.sizes or ([256, 512] if gpu else [64]), args.batch_sizes or ([16, 32] if gpu else [8]),
                  args.precisions, channels, args.steps, args.warmup, workers, args.compile, not args.no_reference)
-    out = args.out or os.path.join(RESULTS, f"pretrain_{device.type}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as handle:
-        json.dump(report, handle, indent=1)
+    out = save_report(report, args.out, "pretrain", device.type)
     print_report(report)
     print(f"saved {out}")
     return 0

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_pretrain import RESULTS, environment, synthetic_slices  # noqa: E402
+from bench_pretrain import environment, save_report, synthetic_slices  # noqa: E402
 
 from maclcore.data.dataset import SliceData  # noqa: E402
 from maclcore.models.macl import MACLNet  # noqa: E402
@@ -173,10 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         report["load_average"] = list(os.getloadavg())
     except OSError:
         pass
-    out = args.out or os.path.join(RESULTS, f"scaling_{'cuda' if gpu else 'cpu'}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as handle:
-        json.dump(report, handle, indent=1)
+    out = save_report(report, args.out, "scaling", 'cuda' if gpu else 'cpu')
     for r in report["runs"]:
         print(f"P={r['processes']}: {r['slices_per_s']:.1f} slices/s, speed-up {r['speedup']:.2f}x, "
               f"efficiency {100 * r['efficiency']:.0f}%")

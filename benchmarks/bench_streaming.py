@@ -17,7 +17,6 @@ step, final loss, peak host memory and peak GPU memory; plus the cache's size on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_end_to_end import staged  # noqa: E402
-from bench_pretrain import RESULTS, environment  # noqa: E402
+from bench_pretrain import environment, save_report  # noqa: E402
 
 from maclcore.data.cache import read_manifest  # noqa: E402
 from maclcore.data.phantom import write_phantom_dataset  # noqa: E402
@@ -119,10 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="maclcore-stream-") as work:
         report = run(args, work)
-    out = args.out or os.path.join(RESULTS, f"streaming_{torch.device(args.device).type}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as handle:
-        json.dump(report, handle, indent=1)
+    out = save_report(report, args.out, "streaming", torch.device(args.device).type)
     print(f"{report['device']}; {report['data']}; {report['slices_gb_in_memory']:.3f} GB in memory, "
           f"cache {report['cache_disk_gb']:.3f} GB on disk, budget {args.max_memory} GB")
     for name, way in report["ways"].items():
