@@ -1,6 +1,8 @@
 """Label-efficiency study: does pretraining beat random initialisation, and by how much?
 
-    python benchmarks/study.py benchmarks/configs/acdc_cpu.json --work /tmp/study_acdc
+    python benchmarks/study.py benchmarks/configs/acdc_cpu.json --work /tmp/study_acdc --jobs 2   # CPU
+    python benchmarks/study.py benchmarks/configs/acdc_gpu.json --work /scratch/study_acdc            # GPU
+    python benchmarks/study.py CONFIG --work DIR --report-only     # report of the cells done so far
 
 Protocol (also written into the report):
 1. The evaluation patients are fixed in the config and used for nothing else: not for pretraining, not for
@@ -15,18 +17,21 @@ Protocol (also written into the report):
 
 Every unit of work (a pretraining, a finetune + evaluation) writes its result file when done and is
 skipped when that file exists, so an interrupted study continues where it stopped (pretraining itself also
-resumes from its own checkpoint).
+resumes from its own checkpoint). Workers sharing a work folder (`--jobs N`, or several invocations on one
+machine) claim units through lock files beside the outputs, so no unit is done twice and a dead worker's unit
+is taken over.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
-from dataclasses import replace
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,6 +40,7 @@ sys.path.insert(0, HERE)
 
 from acdc_subset import frames, patients  # noqa: E402
 
+from maclcore.errors import MaclError  # noqa: E402
 from maclcore.evaluation.evaluate import evaluate_folders  # noqa: E402
 from maclcore.inference.predict import predict_files  # noqa: E402
 from maclcore.io.atomic import write_text_atomic  # noqa: E402
@@ -44,8 +50,19 @@ from maclcore.training.finetune import FinetuneConfig, finetune  # noqa: E402
 from maclcore.training.loop import LoopConfig  # noqa: E402
 from maclcore.training.pretrain import pretrain, pretrain_config  # noqa: E402
 from maclcore.training.progress import make_reporter  # noqa: E402
+from maclcore.training.runtime import RunLock  # noqa: E402
 
 RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One finetune + evaluation: an arm, a number of labelled patients and a draw of them."""
+
+    arm: str
+    m: int
+    draw: int
+    patients: Tuple[int, ...]
 
 
 def load_config(path: str) -> Dict[str, Any]:
@@ -131,24 +148,127 @@ def _label_links(evaluation: Sequence[Case], folder: str) -> str:
     return links
 
 
-def run_study(config: Dict[str, Any], work: str, device: str, progress: str) -> List[Dict[str, Any]]:
-    available = patients(config["data"])
-    pool = [p for p in available if p not in set(config["eval_patients"])]
+def plan(config: Dict[str, Any]) -> Tuple[List[int], List[str], List[Cell]]:
+    """The pretraining pool, and the study's units of work in the order they are taken: the arms to
+    pretrain, then the cells by M, draw, arm."""
+    pool = [p for p in patients(config["data"]) if p not in set(config["eval_patients"])]
     chosen = draws(pool, config["labelled_counts"], config["draws"], config["seed"])
-    inits: Dict[str, Optional[str]] = {}
-    for arm in config["arms"]:
-        inits[arm] = None if arm == RANDOM else pretrain_arm(arm, config, pool, work, device, progress)
+    cells = [Cell(arm, m, draw, tuple(drawn)) for m in config["labelled_counts"]
+             for draw, drawn in enumerate(chosen[m]) for arm in config["arms"]]
+    return pool, [arm for arm in config["arms"] if arm != RANDOM], cells
+
+
+def _pretrained(arm: str, work: str) -> str:
+    return os.path.join(work, "pretrained", f"{arm}.pt")
+
+
+def _result_path(cell: Cell, work: str) -> str:
+    return os.path.join(work, "runs", cell.arm, f"M{cell.m}_draw{cell.draw}", "result.json")
+
+
+def _claim(output: str) -> Optional[RunLock]:
+    """Take a unit of work unless another live worker has it; release the returned lock when done.
+    (A claim file of its own, so the trainers' locks on the same outputs never clash with it.)"""
+    lock = RunLock(output + ".claim")
+    return lock if lock.acquire() else None
+
+
+def work_through(config: Dict[str, Any], work: str, device: str, progress: str) -> None:
+    """Do every unit of work that is neither done nor claimed by another worker, pretrainings first.
+
+    Workers on one work folder share the study through claim files, so `--jobs N` (or N copies of this
+    command started by hand on one machine: a claim names its owner by process id) split it without a
+    scheduler."""
+    pool, arms, cells = plan(config)
+    pending: List[Any] = list(arms) + list(cells)
+    while pending:
+        for unit in pending:
+            if isinstance(unit, str):
+                output = _pretrained(unit, work)
+                if os.path.exists(output):
+                    pending.remove(unit)
+                    break
+                claim = _claim(output)
+                if claim is None:
+                    continue
+                try:
+                    pretrain_arm(unit, config, pool, work, device, progress)
+                finally:
+                    claim.release()
+                pending.remove(unit)
+                break
+            if os.path.exists(_result_path(unit, work)):
+                pending.remove(unit)
+                break
+            init = None if unit.arm == RANDOM else _pretrained(unit.arm, work)
+            if init is not None and not os.path.exists(init):
+                continue  # its pretraining is still running elsewhere
+            claim = _claim(_result_path(unit, work))
+            if claim is None:
+                continue
+            try:
+                result = finetune_and_evaluate(unit.arm, unit.m, unit.draw, list(unit.patients), init, config, work,
+                                               device, progress)
+            finally:
+                claim.release()
+            print(f"{unit.arm:>11} M={unit.m} draw {unit.draw}: mean Dice "
+                  f"{result['summary']['mean_foreground']['dice']['mean']:.4f} ({result['seconds']} s)", flush=True)
+            pending.remove(unit)
+            break
+        else:
+            time.sleep(5)  # all that is left is being done by other workers or waits for their pretraining
+
+
+def _worker(config: Dict[str, Any], work: str, device: str, progress: str, threads: int) -> None:
+    import threading
+
+    import torch
+
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:
+        # A killed study must not leave workers running on: they would go on claiming units. Exiting
+        # mid-step is safe, every file is written atomically and the unit's claim becomes stale.
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    torch.set_num_threads(threads)
+    work_through(config, work, device, progress)
+
+
+def collect(config: Dict[str, Any], work: str) -> List[Dict[str, Any]]:
+    """The results of the cells done so far, in plan order."""
     results = []
-    for m in config["labelled_counts"]:
-        for draw, patients_drawn in enumerate(chosen[m]):
-            for arm in config["arms"]:
-                result = finetune_and_evaluate(arm, m, draw, patients_drawn, inits[arm], config, work, device,
-                                               progress)
-                print(f"{arm:>11} M={m} draw {draw}: mean Dice "
-                      f"{result['summary']['mean_foreground']['dice']['mean']:.4f} ({result['seconds']} s)",
-                      flush=True)
-                results.append(result)
+    for cell in plan(config)[2]:
+        path = _result_path(cell, work)
+        if os.path.exists(path):
+            with open(path) as handle:
+                results.append(json.load(handle))
     return results
+
+
+def run_study(config: Dict[str, Any], work: str, device: str, progress: str, jobs: int = 1) -> List[Dict[str, Any]]:
+    """Run (or continue) the whole study with `jobs` worker processes; returns every cell's result."""
+    if jobs <= 1:
+        work_through(config, work, device, progress)
+    else:
+        # On a small CPU, N single-threaded workers get more done than one N-threaded one (small convolutions
+        # scale poorly across threads); each worker gets an equal share of the cores.
+        context = multiprocessing.get_context("spawn")
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        workers = [context.Process(target=_worker, args=(config, work, device, progress, threads))
+                   for _ in range(jobs)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        failed = [w.exitcode for w in workers if w.exitcode != 0]
+        if failed:
+            raise MaclError(f"{len(failed)} study worker(s) failed (exit codes {failed}); see the messages above; "
+                            f"run the command again to continue")
+    return collect(config, work)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -158,10 +278,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--progress", default="none", choices=["bar", "json", "none"])
     parser.add_argument("--report", help="report folder (default benchmarks/results/<config name>)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes sharing the study (CPU: one per 1-2 cores)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the cells done so far (missing cells are listed) and run nothing")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     started = time.time()
-    results = run_study(config, args.work, args.device, args.progress)
+    if args.report_only:
+        results = collect(config, args.work)
+    else:
+        results = run_study(config, args.work, args.device, args.progress, jobs=args.jobs)
     from study_report import write_report
 
     report_folder = args.report or os.path.join(HERE, "results", config["name"])

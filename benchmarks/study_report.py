@@ -140,6 +140,27 @@ def raw_files(results: Sequence[Dict[str, Any]], folder: str) -> None:
                                      *[values[m] for m in METRICS]])
 
 
+def missing_cells(config: Dict[str, Any], results: Sequence[Dict[str, Any]]) -> List[str]:
+    """The cells of the configured study that have no result (yet), as 'arm M=m draw d'."""
+    done = {(r["arm"], r["M"], r["draw"]) for r in results}
+    return [f"{arm} M={m} draw {d}" for m in config["labelled_counts"] for d in range(config["draws"])
+            for arm in config["arms"] if (arm, m, d) not in done]
+
+
+def compute_hours(config: Dict[str, Any], results: Sequence[Dict[str, Any]], work: str) -> str:
+    """Time spent, from what the runs recorded: pretraining (model histories) and finetune + evaluate cells."""
+    import torch
+
+    pretraining = 0.0
+    for arm in config["arms"]:
+        path = os.path.join(work, "pretrained", f"{arm}.pt")
+        if arm != "random" and os.path.exists(path):
+            history = torch.load(path, map_location="cpu", weights_only=True)["pretraining"]["history"]
+            pretraining += history[-1]["elapsed"] if history else 0.0
+    cells = sum(r["seconds"] for r in results)
+    return f"pretraining {pretraining / 3600:.2f} h, finetune + evaluate cells {cells / 3600:.2f} h"
+
+
 def write_report(config: Dict[str, Any], results: Sequence[Dict[str, Any]], folder: str, argv: Sequence[str],
                  wall_seconds: float, work: str) -> str:
     import torch
@@ -155,6 +176,10 @@ def write_report(config: Dict[str, Any], results: Sequence[Dict[str, Any]], fold
     lines = [f"# Label-efficiency study: {config['name']}", "",
              "Mean foreground Dice (RV cavity, LV myocardium, LV cavity) on the evaluation patients, mean ± std "
              f"over {config['draws']} draws of the M labelled patients.", ""]
+    missing = missing_cells(config, results)
+    if missing:
+        lines += [f"**Incomplete:** {len(results)} of {len(results) + len(missing)} cells done; the means below "
+                  f"are over the draws done. Missing: {', '.join(missing)}.", ""]
     lines += headline(config, table)
     lines += ["", "![Dice against M](dice_vs_m.png)" if plotted else "(matplotlib missing: no plot)", "",
               "## Per class", ""]
@@ -174,7 +199,8 @@ def write_report(config: Dict[str, Any], results: Sequence[Dict[str, Any]], fold
     lines += [f"![{p}]({p})" for p in pictures]
     lines += ["", "## Reproduce", "", "```", " ".join(["python"] + list(argv)), "```", "",
               f"maclcore {maclcore.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
-              f"device {device}; wall time {wall_seconds / 3600:.2f} h (cells already done are reused).",
+              f"device {device}; wall time of this invocation {wall_seconds / 3600:.2f} h (cells already done are "
+              f"reused); compute recorded by the runs: {compute_hours(config, results, work)}.",
               "", "Raw results: `results.json`, `per_case.csv`; configuration: `config.json`."]
     write_text_atomic(os.path.join(folder, "config.json"), json.dumps(config, indent=1))
     path = os.path.join(folder, "report.md")

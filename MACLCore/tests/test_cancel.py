@@ -66,6 +66,8 @@ def assert_resumes_to_reference(data, run, reference, capfd):
     model = load_checkpoint(run / "out" / "model.pt")
     steps = [(e["epoch"], e["step"]) for e in model["training"]["history"]]
     assert steps == [(e["epoch"], e["step"]) for e in reference["training"]["history"]]
+    elapsed = [e["elapsed"] for e in model["training"]["history"]]
+    assert elapsed == sorted(elapsed), "a resumed run's recorded time counts on from the earlier run's"
     for name, tensor in model["state_dict"].items():
         assert torch.equal(tensor, reference["state_dict"][name]), f"{name} differs from the uninterrupted run"
     assert leftovers(run / "out") == ["model.pt"]
@@ -154,6 +156,30 @@ def test_lock_of_a_live_process_is_respected_even_in_the_same_process(data, tmp_
         assert_one_line_error(code, stdout, err, [out], "another job")
     wait_for(lambda: not out.with_name("model.pt.lock").exists(), 5, "the lock to go")
     assert os.listdir(tmp_path) == []
+
+
+RACE_FOR_THE_LOCK = """
+import sys, time
+from maclcore.training.runtime import RunLock
+lock = RunLock(sys.argv[1])
+while time.time() < float(sys.argv[2]):
+    pass
+taken = lock.acquire()
+print(int(taken), flush=True)
+time.sleep(2)  # hold it while the rivals try
+lock.release()
+"""
+
+
+def test_rivals_starting_together_get_the_lock_exactly_once(tmp_path):
+    """Workers sharing a folder (the study's --jobs) race for one unit; a lock seen before its owner's pid
+    was written must not pass for a stale one."""
+    start = time.time() + 3
+    rivals = [subprocess.Popen([sys.executable, "-c", RACE_FOR_THE_LOCK, str(tmp_path / "unit"), str(start)],
+                               stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    taken = [int(r.communicate(timeout=60)[0].strip()) for r in rivals]
+    assert sum(taken) == 1
+    assert os.listdir(tmp_path) == []  # released, and no drafts left behind
 
 
 TERMINATED_WHILE_WRITING = """

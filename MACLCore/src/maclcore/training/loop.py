@@ -160,6 +160,8 @@ class Trainer:
         """Train until done or a stop is requested; returns (state, finished)."""
         config, procs = self.config, self.procs
         started, steps_run = time.perf_counter(), 0
+        # A resumed run's history counts on from the time the earlier runs recorded (not the lost partial epoch).
+        self._elapsed_before = float(state.history[-1]["elapsed"]) if state.history else 0.0
         # A task whose slices stream from disk gathers the next step's batch while this one runs.
         prefetch = getattr(self.task, "prefetch", None)
         while state.epoch < config.epochs:
@@ -253,7 +255,7 @@ class Trainer:
             metrics.update(self.task.validate())
         entry = {"epoch": state.epoch, "step": state.global_step, "loss": loss,
                  "lr": self.schedule(state.global_step - 1, self.total_steps),
-                 "elapsed": time.perf_counter() - started, **metrics}
+                 "elapsed": self._elapsed_before + time.perf_counter() - started, **metrics}
         state.history.append(entry)
         score = metrics.get("val_dice")
         if score is not None and (state.best_score is None or score > state.best_score):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -100,25 +101,43 @@ class RunLock:
         self.path = os.fspath(output) + ".lock"
         self._held = False
 
-    def __enter__(self) -> "RunLock":
+    def acquire(self) -> bool:
+        """Take the lock; False when a live process holds it (a dead one's lock is stale and taken over)."""
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and _alive(owner):
-                    target = self.path[: -len(".lock")]
-                    raise MaclError(f"{target}: another job (pid {owner}) is writing it; wait for it or cancel "
-                                    f"it (a stale lock can be removed: {self.path})") from None
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
-            self._held = True
-            return self
+        # The lock appears with its owner's pid already in it (written beside it, then hard-linked into place,
+        # which fails when the lock exists): a rival never sees an empty lock and mistakes it for a stale one.
+        draft = f"{self.path}.{os.getpid()}.{threading.get_ident()}"
+        with open(draft, "w") as handle:
+            handle.write(str(os.getpid()))
+        try:
+            for _ in range(2):
+                try:
+                    os.link(draft, self.path)
+                except FileExistsError:
+                    owner = self._owner()
+                    if owner is not None and _alive(owner):
+                        return False
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(self.path)  # stale: its process is gone
+                    continue
+                self._held = True
+                return True
+        finally:
+            os.remove(draft)
         raise MaclError(f"{self.path}: could not take the lock")
+
+    def release(self) -> None:
+        if self._held:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+            self._held = False
+
+    def __enter__(self) -> "RunLock":
+        if not self.acquire():
+            target = self.path[: -len(".lock")]
+            raise MaclError(f"{target}: another job (pid {self._owner()}) is writing it; wait for it or cancel "
+                            f"it (a stale lock can be removed: {self.path})")
+        return self
 
     def _owner(self) -> Optional[int]:
         try:
@@ -128,10 +147,7 @@ class RunLock:
             return None
 
     def __exit__(self, *exc: Any) -> None:
-        if self._held:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
-            self._held = False
+        self.release()
 
 
 def _alive(pid: int) -> bool:
@@ -170,8 +186,6 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["StopRequest"]:
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             yield self  # signals can only be handled in the main thread
             return
