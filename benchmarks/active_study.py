@@ -43,8 +43,8 @@ from maclcore.io.pairing import Case, pair_cases  # noqa: E402
 from maclcore.labels import CARDIAC  # noqa: E402
 from maclcore.training.finetune import FinetuneConfig, case_group, finetune  # noqa: E402
 from maclcore.training.loop import LoopConfig  # noqa: E402
-from maclcore.training.progress import make_reporter  # noqa: E402
-from maclcore.training.runtime import resolve_device  # noqa: E402
+from maclcore.runtime.progress import make_reporter  # noqa: E402
+from maclcore.runtime.device import resolve_device  # noqa: E402
 
 STRATEGIES = ("suggest", "random")
 

@@ -50,7 +50,7 @@ from maclcore.io.volume import read_volume  # noqa: E402
 from maclcore.labels import CARDIAC  # noqa: E402
 from maclcore.training.finetune import FinetuneConfig, finetune  # noqa: E402
 from maclcore.training.loop import LoopConfig  # noqa: E402
-from maclcore.training.progress import Reporter  # noqa: E402
+from maclcore.runtime.progress import Reporter  # noqa: E402
 
 
 # -- peak memory of a stage ---------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ from maclcore.models.macl import MACLNet
 from maclcore.models.unet import UNetConfig
 from maclcore.training.loop import LoopConfig
 from maclcore.training.pretrain import PretrainConfig, PretrainTask, pretrain_config
-from maclcore.training.runtime import Processes, autocast, is_out_of_memory, step_generator
+from maclcore.runtime.device import autocast, is_out_of_memory, step_generator
+from maclcore.runtime.processes import Processes
 from maclcore.training.session import make_optimizer, prepare_model
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

@@ -43,7 +43,8 @@ from maclcore.models.macl import MACLNet  # noqa: E402
 from maclcore.models.unet import UNetConfig  # noqa: E402
 from maclcore.training.loop import LoopConfig  # noqa: E402
 from maclcore.training.pretrain import PretrainTask, pretrain_config  # noqa: E402
-from maclcore.training.runtime import autocast, setup_processes, step_generator, teardown_processes  # noqa: E402
+from maclcore.runtime.device import autocast, step_generator  # noqa: E402
+from maclcore.runtime.processes import setup_processes, teardown_processes  # noqa: E402
 from maclcore.training.session import make_optimizer, prepare_model  # noqa: E402
 
 

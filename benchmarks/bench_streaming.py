@@ -35,7 +35,7 @@ from maclcore.data.phantom import write_phantom_dataset  # noqa: E402
 from maclcore.io.pairing import find_images  # noqa: E402
 from maclcore.training.loop import LoopConfig  # noqa: E402
 from maclcore.training.pretrain import pretrain, pretrain_config  # noqa: E402
-from maclcore.training.progress import Reporter  # noqa: E402
+from maclcore.runtime.progress import Reporter  # noqa: E402
 from maclcore.training.session import SliceStorage  # noqa: E402
 
 

@@ -49,8 +49,8 @@ from maclcore.labels import CARDIAC  # noqa: E402
 from maclcore.training.finetune import FinetuneConfig, finetune  # noqa: E402
 from maclcore.training.loop import LoopConfig  # noqa: E402
 from maclcore.training.pretrain import pretrain, pretrain_config  # noqa: E402
-from maclcore.training.progress import make_reporter  # noqa: E402
-from maclcore.training.runtime import RunLock  # noqa: E402
+from maclcore.runtime.progress import make_reporter  # noqa: E402
+from maclcore.runtime.control import RunLock  # noqa: E402
 
 RANDOM = "random"
 

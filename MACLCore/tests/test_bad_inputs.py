@@ -23,7 +23,7 @@ from maclcore.evaluation.evaluate import evaluate_folders
 from maclcore.inference.predict import predict_files
 from maclcore.io.pairing import find_images, pair_cases
 from maclcore.io.volume import Geometry, read_geometry, write_volume
-from maclcore.training.checkpoint import load_checkpoint, save_checkpoint
+from maclcore.io.checkpoint import load_checkpoint, save_checkpoint
 from maclcore.training.finetune import FinetuneConfig, finetune
 from maclcore.training.loop import LoopConfig
 from maclcore.training.pretrain import pretrain, pretrain_config

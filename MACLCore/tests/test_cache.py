@@ -21,7 +21,7 @@ from maclcore.io.pairing import find_images, pair_cases
 from maclcore.labels import CARDIAC
 from maclcore.training.loop import LoopConfig
 from maclcore.training.pretrain import pretrain, pretrain_config
-from maclcore.training.progress import Reporter
+from maclcore.runtime.progress import Reporter
 from maclcore.training.session import SliceStorage
 
 from phantom_data import images_of, labels_of

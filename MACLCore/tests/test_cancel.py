@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from maclcore.training.checkpoint import load_checkpoint
+from maclcore.io.checkpoint import load_checkpoint
 from reliability_utils import (TINY_NET, assert_one_line_error, finish, leftovers, one_thread,  # noqa: F401
                                read_events, run_cli, start_child, wait_for, write_cases)
 
@@ -148,7 +148,7 @@ def test_stale_lock_is_taken_over(data, tmp_path, capfd, content):
 
 def test_lock_of_a_live_process_is_respected_even_in_the_same_process(data, tmp_path, capfd):
     """An in-process caller (the API, a Slicer Logic) gets the same refusal, and its lock is released after."""
-    from maclcore.training.runtime import RunLock
+    from maclcore.runtime.control import RunLock
 
     out = tmp_path / "model.pt"
     with RunLock(out):
@@ -160,7 +160,7 @@ def test_lock_of_a_live_process_is_respected_even_in_the_same_process(data, tmp_
 
 RACE_FOR_THE_LOCK = """
 import sys, time
-from maclcore.training.runtime import RunLock
+from maclcore.runtime.control import RunLock
 lock = RunLock(sys.argv[1])
 while time.time() < float(sys.argv[2]):
     pass

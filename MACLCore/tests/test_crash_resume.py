@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from maclcore.training.checkpoint import load_checkpoint
+from maclcore.io.checkpoint import load_checkpoint
 from reliability_utils import (CHILD_ENV, TINY_NET, finish, leftovers, one_thread, read_events,  # noqa: F401
                                start_child, write_cases)
 

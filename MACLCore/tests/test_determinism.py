@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from maclcore.training.checkpoint import load_checkpoint
-from maclcore.training.runtime import StopRequest
+from maclcore.io.checkpoint import load_checkpoint
+from maclcore.runtime.control import StopRequest
 from reliability_utils import TINY_NET, leftovers, one_thread, run_cli, write_cases  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

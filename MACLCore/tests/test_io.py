@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from maclcore.errors import InputError
-from maclcore.io.pairing import find_images, pair_cases, split_extension
+from maclcore.io.naming import split_extension
+from maclcore.io.pairing import find_images, pair_cases
 from maclcore.io.segmentation import read_label_map, read_seg_nrrd, write_label_map
 from maclcore.io.volume import Geometry, read_geometry, read_volume, write_volume
 from maclcore.labels import CARDIAC

@@ -14,11 +14,11 @@ from maclcore.data.augment import AugmentationConfig
 from maclcore.inference.predict import load_segmentation_model, predict_volume
 from maclcore.io.pairing import pair_cases
 from maclcore.io.volume import read_volume
-from maclcore.training.checkpoint import file_sha256, load_checkpoint
+from maclcore.io.checkpoint import file_sha256, load_checkpoint
 from maclcore.training.finetune import FinetuneConfig, finetune
-from maclcore.training.lineage import read_lineage
+from maclcore.io.lineage import read_lineage
 from maclcore.training.loop import LoopConfig
-from maclcore.training.progress import Reporter
+from maclcore.runtime.progress import Reporter
 from reliability_utils import one_thread, write_case, write_cases  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,12 +6,12 @@ import torch
 
 from maclcore.data.dataset import SliceData
 from maclcore.errors import MaclError
-from maclcore.inference.predict import map_in_batches
+from maclcore.runtime.device import map_in_batches
 from maclcore.models.unet import UNet
-from maclcore.training.checkpoint import load_checkpoint
+from maclcore.io.checkpoint import load_checkpoint
 from maclcore.training.finetune import FinetuneTask
 from maclcore.training.pretrain import PretrainTask
-from maclcore.training.runtime import is_out_of_memory
+from maclcore.runtime.device import is_out_of_memory
 from reliability_utils import (TINY_NET, array_of, assert_one_line_error, leftovers, one_thread,  # noqa: F401
                                run_cli, write_cases)
 

@@ -13,7 +13,7 @@ from maclcore.io.volume import read_volume
 from maclcore.evaluation.metrics import overlap_per_class
 from maclcore.labels import CARDIAC
 from maclcore.models.unet import UNet, UNetConfig
-from maclcore.training.checkpoint import load_checkpoint
+from maclcore.io.checkpoint import load_checkpoint
 from maclcore.training.finetune import FinetuneConfig, case_group, finetune, split_validation
 from maclcore.training.loop import LoopConfig
 from maclcore.training.pretrain import pretrain, pretrain_config
@@ -86,7 +86,7 @@ def test_pretrained_encoder_and_decoder_blocks_are_transferred(phantoms, tmp_pat
     for name, tensor in data["state_dict"].items():
         if name.startswith(("encoder.", "decoder.")):
             assert torch.equal(state[name], tensor)
-    with pytest.raises(InputError, match="use the same --channels"):
+    with pytest.raises(InputError, match="use the same channels"):
         load_initial_weights(UNet(UNetConfig(channels=(8, 8, 8, 16, 16))), data, tmp_path / "pre.pt")
     with pytest.raises(InputError, match="needed here"):
         load_checkpoint(tmp_path / "pre.pt", kinds=("segmentation",))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from maclcore.errors import InputError
-from maclcore.training.checkpoint import load_checkpoint, save_checkpoint
+from maclcore.io.checkpoint import load_checkpoint, save_checkpoint
 from reliability_utils import (TINY_NET, TINY_TRAIN, assert_one_line_error, leftovers, one_thread,  # noqa: F401
                                run_child, run_cli, write_cases)
 

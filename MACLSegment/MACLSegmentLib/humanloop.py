@@ -14,12 +14,11 @@ machinery) and, like it, usable without a GUI::
 
 Every annotated case takes part in each update (the new one and all earlier ones), and each update
 continues from the current model and writes a NEW numbered file beside it, so that no model is ever
-overwritten and each one records where it came from (``maclcore.training.lineage``).
+overwritten and each one records where it came from (``maclcore.io.lineage``).
 """
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -29,7 +28,6 @@ from .options import FinetuneOptions, SegmentOptions, SuggestOptions
 
 ANNOTATION_ATTRIBUTE = "MACLSegment.Annotation"  # "1" on segmentations that are annotations of their volume
 CORRECTION_SUFFIX = " correction"
-_NUMBERED = re.compile(r"^(?P<stem>.+)-(?P<number>\d{3,})$")
 
 
 @dataclass(frozen=True)
@@ -81,18 +79,11 @@ class ModelVersion:
 
 
 def nextModelPath(currentModel: str) -> str:
-    """``model.pt`` -> ``model-002.pt``, ``model-002.pt`` -> ``model-003.pt``: the first free number above all
-    numbered siblings, so that an update never overwrites a model."""
-    folder, fileName = os.path.split(os.path.abspath(currentModel))
-    stem = fileName[:-3] if fileName.endswith(".pt") else fileName
-    match = _NUMBERED.match(stem)
-    stem = match.group("stem") if match else stem
-    numbers = [1]
-    for entry in os.listdir(folder) if os.path.isdir(folder) else []:
-        found = _NUMBERED.match(entry[:-3]) if entry.endswith(".pt") else None
-        if found and found.group("stem") == stem:
-            numbers.append(int(found.group("number")))
-    return os.path.join(folder, f"{stem}-{max(numbers) + 1:03d}.pt")
+    """``model.pt`` -> ``model-002.pt``: MACLCore's rule (``maclcore.io.naming``), so an update never
+    overwrites a model."""
+    from maclcore.io.naming import next_model_path
+
+    return next_model_path(currentModel)
 
 
 class HumanInTheLoopLogic:
@@ -185,7 +176,7 @@ class HumanInTheLoopLogic:
     def modelHistory(modelPath: str) -> List[ModelVersion]:
         """The generations the model file records, oldest first, the model itself last."""
         from maclcore.errors import MaclError
-        from maclcore.training.lineage import read_lineage
+        from maclcore.io.lineage import read_lineage
 
         _checkModel(modelPath, "Model history")
         try:
@@ -208,7 +199,7 @@ class HumanInTheLoopLogic:
     def revertModel(version: ModelVersion) -> str:
         """The path of an earlier model to make current, after checking it is the very file its child started
         from (InputError when it is gone or has changed)."""
-        from maclcore.training.checkpoint import file_sha256
+        from maclcore.io.checkpoint import file_sha256
 
         if not version.exists:
             raise InputError(f"{version.path}: model v{version.generation} is no longer there")
@@ -226,12 +217,8 @@ def _checkModel(modelPath: Optional[str], action: str) -> None:
 
 
 def caseName(name: str, taken: Sequence[str]) -> str:
-    """A file-safe case name from a node name, unique among ``taken``; never ending in ``_NNNN`` (which
-    MACLCore reads as an image channel)."""
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "case"
-    if re.search(r"_\d{4}$", safe):
-        safe = safe[:-5] + "-" + safe[-4:]
-    candidate, number = safe, 2
-    while candidate in taken:
-        candidate, number = f"{safe}-{number}", number + 1
-    return candidate
+    """A file-safe case name from a node name, unique among ``taken``, that MACLCore reads back unchanged
+    (``maclcore.io.naming``: never ending in the ``_NNNN`` of an image channel)."""
+    from maclcore.io.naming import safe_case_name
+
+    return safe_case_name(name, taken)

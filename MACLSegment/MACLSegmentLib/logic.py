@@ -157,8 +157,9 @@ class CoreLogic(HumanInTheLoopLogic):
         """The interrupted run's state beside ``outputPath`` (``MODEL.resume.pt``), or None."""
         if not outputPath:
             return None
-        output = os.path.abspath(os.fspath(outputPath))
-        path = (output[:-3] if output.endswith(".pt") else output) + ".resume.pt"  # MACLCore's naming
+        from maclcore.io.naming import resume_path
+
+        path = resume_path(os.path.abspath(os.fspath(outputPath)))
         return path if os.path.isfile(path) else None
 
     @classmethod

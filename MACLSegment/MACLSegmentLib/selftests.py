@@ -241,7 +241,7 @@ def pretrainAvailable(context: SelfTestContext) -> bool:
 
 def testPretrain(context: SelfTestContext) -> Dict[str, Any]:
     """Pretrain briefly on scene volumes plus a folder of volumes; the result is a pretrained model file."""
-    from maclcore.training.checkpoint import load_checkpoint
+    from maclcore.io.checkpoint import load_checkpoint
 
     logic = context.logic()
     volumes = [volume for volume, _ in loadPhantoms(context, TRAINING_SEEDS)]

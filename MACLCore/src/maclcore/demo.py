@@ -21,11 +21,11 @@ from .io.pairing import find_images, pair_cases
 from .io.segmentation import read_label_map
 from .io.volume import read_volume
 from .labels import CARDIAC
-from .training.checkpoint import provenance
+from .io.checkpoint import provenance
 from .training.finetune import FinetuneConfig, finetune
 from .training.loop import LoopConfig
 from .training.pretrain import pretrain, pretrain_config
-from .training.progress import Reporter
+from .runtime.progress import Reporter
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class DemoConfig:
         for name, least in (("pretrain_epochs", 1), ("finetune_epochs", 1), ("unlabelled", 0), ("labelled", 1),
                             ("test", 1)):
             if getattr(self, name) < least:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(self, name)}")
+                raise ConfigError(name, f"must be >= {least}, got {getattr(self, name)}")
 
 
 def _make_data(folder: str, config: DemoConfig) -> Dict[str, str]:

@@ -1,15 +1,40 @@
-"""Errors a user can fix. The CLI prints them as one line, without a traceback."""
+"""Errors a user can fix. The CLI prints them as one line, without a traceback.
+
+The engine speaks in its own terms: a message names a setting by its configuration field, written
+``{field}`` in the message (e.g. ``"{batch_size} must be >= 1"``). ``str(error)`` shows the field name
+(``batch_size``); a front end shows its own name for it with :meth:`MaclError.render` (the CLI:
+``--batch-size``), so no engine message names a flag that a front end may not have.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+import re
+from typing import Callable, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+# A setting named in a message: {field} or {section.field}, lower case (other braces are left alone).
+_SETTING = re.compile(r"\{([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*)\}")
+
+
+def _field_name(setting: str) -> str:
+    return setting
 
 
 class MaclError(Exception):
     """A problem with the user's input or settings, explained in one line."""
+
+    def __init__(self, message: str, prefix: str = "") -> None:
+        super().__init__(prefix + message)
+        self.template, self.prefix = message, prefix  # the prefix (a file's path) is shown as it is
+
+    def render(self, name: Callable[[str], str] = _field_name) -> str:
+        """The message with each ``{setting}`` shown as ``name(setting)``."""
+        return self.prefix + _SETTING.sub(lambda match: name(match.group(1)), self.template)
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class InputError(MaclError):
@@ -18,11 +43,16 @@ class InputError(MaclError):
     def __init__(self, path: PathLike, problem: str) -> None:
         self.path = os.fspath(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(problem, prefix=f"{self.path}: ")
 
 
 class ConfigError(MaclError):
-    """A setting with a value that cannot work; the message names the setting."""
+    """A setting with a value that cannot work; ``setting`` is its configuration field."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"{{{setting}}} {problem}")
 
 
 class TrainingInterrupted(MaclError):
@@ -31,5 +61,5 @@ class TrainingInterrupted(MaclError):
 
     def __init__(self, checkpoint: Optional[PathLike] = None) -> None:
         self.checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
-        super().__init__(f"stopped; progress saved in {self.checkpoint} (run again with --resume to continue)"
+        super().__init__(f"stopped; progress saved in {self.checkpoint} (run again with {{resume}} to continue)"
                          if self.checkpoint else "stopped before training began; nothing was saved")

@@ -28,14 +28,14 @@ class LabelSchema:
 
     def __post_init__(self) -> None:
         if not self.names:
-            raise ConfigError("label schema: at least one foreground label is needed")
+            raise ConfigError("labels_schema", "needs at least one foreground label")
         if len(self.names) != len(self.colors):
-            raise ConfigError(f"label schema: {len(self.names)} names but {len(self.colors)} colours")
+            raise ConfigError("labels_schema", f"has {len(self.names)} names but {len(self.colors)} colours")
         if len({n.lower() for n in self.names}) != len(self.names):
-            raise ConfigError(f"label schema: names must be unique (got {list(self.names)})")
+            raise ConfigError("labels_schema", f"names must be unique (got {list(self.names)})")
         for name, color in zip(self.names, self.colors):
             if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
-                raise ConfigError(f"label schema: colour of {name!r} must be three values in [0, 1], got {color}")
+                raise ConfigError("labels_schema", f"colour of {name!r} must be three values in [0, 1], got {color}")
 
     @property
     def num_classes(self) -> int:
@@ -77,7 +77,7 @@ def get_schema(name: str) -> LabelSchema:
         return SCHEMAS[name]
     if name.lower().endswith(".json"):
         return read_schema_file(name)
-    raise ConfigError(f"--labels-schema: unknown schema {name!r} (known: {', '.join(SCHEMAS)}, or a .json file)")
+    raise ConfigError("labels_schema", f"is unknown: {name!r} (known: {', '.join(SCHEMAS)}, or a .json file)")
 
 
 def read_schema_file(path: str) -> LabelSchema:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from ..data.preprocessing import PreparedVolume, pad_slices, padded_size
-from ..inference.predict import SegmentationModel, map_in_batches
-from ..training.runtime import autocast
+from ..inference.predict import SegmentationModel
+from ..runtime.device import autocast, map_in_batches
 from .embedding import feature_mask, masked_mean_features
 from .uncertainty import area_per_slice, ensemble_entropies, turn_angles, turned
 

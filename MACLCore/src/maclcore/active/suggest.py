@@ -20,9 +20,9 @@ from ..inference.predict import SegmentationModel, load_segmentation_model
 from ..io.atomic import write_text_atomic
 from ..io.pairing import Case, find_images
 from ..io.volume import read_volume
-from ..training.checkpoint import file_sha256, provenance
-from ..training.progress import Reporter
-from ..training.runtime import resolve_device
+from ..io.checkpoint import file_sha256, provenance
+from ..runtime.progress import Reporter
+from ..runtime.device import resolve_device
 from .analysis import VolumeAnalysis, analyse_volume
 from .selection import greedy_rank
 
@@ -101,11 +101,11 @@ def suggest(model_path: PathLike, images: Sequence[PathLike], labelled: Sequence
     """
     reporter = reporter or Reporter()
     if top is not None and top < 1:
-        raise ConfigError(f"--top must be >= 1, got {top}")
+        raise ConfigError("top", f"must be >= 1, got {top}")
     if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
     if turns not in (1, 2, 4):
-        raise ConfigError(f"--rotations must be 1, 2 or 4, got {turns}")
+        raise ConfigError("turns", f"must be 1, 2 or 4, got {turns}")
     candidates = find_images(images)
     reference = find_images(labelled) if labelled else []
     candidates, dropped = split_labelled(candidates, reference)

@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 
 from ..demo import DemoConfig, quick, run_demo
-from ..training.progress import Reporter
+from ..runtime.progress import Reporter
 from .options import given
 
 

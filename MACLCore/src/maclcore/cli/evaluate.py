@@ -7,7 +7,7 @@ import sys
 
 from ..evaluation.evaluate import evaluate_folders, format_summary
 from ..labels import get_schema
-from ..training.progress import Reporter
+from ..runtime.progress import Reporter
 from .options import add_schema_option
 
 

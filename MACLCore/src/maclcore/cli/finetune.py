@@ -8,7 +8,7 @@ from dataclasses import replace
 from ..io.pairing import pair_cases
 from ..labels import get_schema
 from ..training.finetune import FinetuneConfig, finetune
-from ..training.progress import Reporter
+from ..runtime.progress import Reporter
 from .options import (add_augmentation_options, add_loop_options, add_preprocessing_options, add_schema_option,
                       add_storage_options, augmentation_config, given, loop_config, storage_config)
 

@@ -12,9 +12,10 @@ from typing import Any, Iterator, List, Optional
 
 from .. import __version__
 from ..errors import MaclError, TrainingInterrupted
-from ..training.progress import Reporter, make_reporter
-from ..training.runtime import is_out_of_memory
+from ..runtime.progress import Reporter, make_reporter
+from ..runtime.device import is_out_of_memory
 from . import demo, evaluate, finetune, predict, pretrain, suggest
+from .options import flag_name
 
 COMMANDS = (pretrain, finetune, predict, evaluate, suggest, demo)
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
@@ -73,8 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return int(args.run(args, reporter) or 0)
     except TrainingInterrupted as exc:
         reporter.close()
-        reporter.message(str(exc))
-        print(f"{prog}: {exc}", file=sys.stderr)
+        reporter.message(exc.render(flag_name))
+        print(f"{prog}: {exc.render(flag_name)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         reporter.error("interrupted")
@@ -94,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def error_message(exc: Exception) -> str:
     """One line for any failure: the user's to fix (MaclError), the system's (files, memory), or a bug."""
     if isinstance(exc, MaclError):
-        return str(exc)
+        return exc.render(flag_name)
     if isinstance(exc, MemoryError) or is_out_of_memory(exc):
         return "out of memory; use a smaller --batch-size, fewer or smaller volumes, or --device cpu"
     if isinstance(exc, OSError):  # disk full, permission denied on an output, ...: name the file

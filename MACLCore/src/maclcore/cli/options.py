@@ -4,13 +4,36 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from typing import Any, Optional, Tuple
+from typing import Tuple
 
 from ..data.augment import AugmentationConfig
-from ..errors import ConfigError
 from ..labels import SCHEMAS
 from ..training.loop import LoopConfig
 from ..training.session import SliceStorage
+
+
+# Engine settings (configuration fields and API arguments, as the engine's messages name them) and the
+# options that set them. A setting that no option sets is shown under its own name.
+FLAGS = {
+    "epochs": "--epochs", "batch_size": "--batch-size", "steps_per_epoch": "--steps-per-epoch", "seed": "--seed",
+    "checkpoint_every": "--checkpoint-every", "amp": "--no-amp", "compile": "--compile", "resume": "--resume",
+    "stop_file": "--stop-file", "lr": "--lr", "warmup": "--warmup", "dice_weight": "--dice-weight",
+    "val_fraction": "--val-fraction", "min_val_groups": "--min-val-groups", "spacing": "--spacing", "size": "--size",
+    "channels": "--channels", "labels_schema": "--labels-schema", "device": "--device", "init": "--init",
+    "output": "--out", "images": "--images", "labels": "--labels", "format": "--format", "top": "--top",
+    "turns": "--rotations", "json_path": "--json", "variant": "--variant", "decoder_depth": "--decoder-depth",
+    "lambdas": "--lambdas", "temperature": "--temperature", "threshold": "--threshold",
+    "augmentation.rotation": "--rotation", "augmentation.translation": "--translation",
+    "augmentation.scale": "--scale", "augmentation": "--rotation/--translation/--scale",
+    "storage.cache_dir": "--cache-dir", "storage.max_memory": "--max-memory",
+    "storage.cache_dtype": "--cache-dtype", "model": "--model", "pred": "--pred",
+    "pretrain_epochs": "--pretrain-epochs", "finetune_epochs": "--finetune-epochs", "unlabelled": "--unlabelled",
+}
+
+
+def flag_name(setting: str) -> str:
+    """The command-line option that sets an engine setting (the setting's own name when none does)."""
+    return FLAGS.get(setting, setting)
 
 
 def int_list(text: str) -> Tuple[int, ...]:
@@ -89,8 +112,6 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
 
 
 def storage_config(args: argparse.Namespace) -> SliceStorage:
-    if args.max_memory is not None and not args.max_memory >= 0:
-        raise ConfigError(f"--max-memory must be >= 0 GB, got {args.max_memory}")
     return SliceStorage(cache_dir=args.cache_dir, max_memory=args.max_memory, cache_dtype=args.cache_dtype)
 
 
@@ -104,8 +125,3 @@ def add_schema_option(parser: argparse.ArgumentParser) -> None:
 def given(args: argparse.Namespace, **mapping: str) -> dict:
     """{field: value} for the options the user actually gave (argparse default None = not given)."""
     return {name: getattr(args, option) for name, option in mapping.items() if getattr(args, option) is not None}
-
-
-def positive(name: str, value: Optional[Any]) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")

@@ -6,7 +6,7 @@ import argparse
 
 from ..inference.predict import predict_files
 from ..io.pairing import find_images
-from ..training.progress import Reporter
+from ..runtime.progress import Reporter
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

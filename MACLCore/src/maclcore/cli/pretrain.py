@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from ..errors import ConfigError
+from ..errors import MaclError
 from ..io.pairing import find_images
 from ..losses.mlc import MLCLossConfig
 from ..models.macl import MACLNetConfig
 from ..models.variants import VARIANTS
 from ..training.pretrain import PretrainConfig, pretrain, pretrain_config
-from ..training.progress import Reporter
+from ..runtime.progress import Reporter
 from .options import (add_augmentation_options, add_loop_options, add_preprocessing_options, add_storage_options,
                       augmentation_config, given, loop_config, storage_config)
 
@@ -63,7 +63,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     if not args.images and not args.cache_dir:
-        raise ConfigError("give --images, or --cache-dir with a slice cache built before")
+        raise MaclError("give --images, or --cache-dir with a slice cache built before")
     storage = storage_config(args)
     cases = find_images(args.images) if args.images else []
     pretrain(cases, args.out, config_from_args(args), device=args.device, reporter=reporter,

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..active.suggest import format_table, suggest
-from ..training.progress import Reporter
+from ..runtime.progress import Reporter
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

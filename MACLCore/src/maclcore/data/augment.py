@@ -37,11 +37,11 @@ class AugmentationConfig:
 
     def __post_init__(self) -> None:
         if self.rotation < 0 or self.translation < 0:
-            raise ConfigError("augmentation: rotation and translation ranges must be >= 0")
+            raise ConfigError("augmentation", "rotation and translation ranges must be >= 0")
         for name in ("scale", "gamma", "gain"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
-                raise ConfigError(f"augmentation: {name} range must satisfy 0 < low <= high, got {(low, high)}")
+                raise ConfigError(f"augmentation.{name}", f"must satisfy 0 < low <= high, got {(low, high)}")
 
 
 def _log_uniform(u: torch.Tensor, bounds: Tuple[float, float]) -> torch.Tensor:

@@ -100,7 +100,7 @@ def memory_budget(device: torch.device, max_memory: Optional[float] = None) -> i
     """Bytes of training slices to hold in memory: ``max_memory`` GB when given, else half the free memory."""
     if max_memory is not None:
         if not max_memory >= 0:
-            raise ConfigError(f"--max-memory must be >= 0 GB, got {max_memory}")
+            raise ConfigError("storage.max_memory", f"must be >= 0 GB, got {max_memory}")
         return int(max_memory * 1e9)
     return int(available_memory(device) * AUTO_BUDGET_FRACTION)
 
@@ -181,10 +181,10 @@ def build_cache(cache_dir: PathLike, cases: Sequence[Case], plan: PreprocessingC
     ``slice_counts`` are the volumes' slice counts (from their headers), which size the arrays up front.
     Returns the manifest.
     """
-    from ..training.runtime import RunLock  # a lock file against two builds of one cache
+    from ..runtime.control import RunLock  # a lock file against two builds of one cache
 
     if dtype not in DTYPES:
-        raise ConfigError(f"--cache-dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ConfigError("storage.cache_dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if len(slice_counts) != len(cases):
         raise ValueError("one slice count per case is needed")
     cache_dir = os.fspath(cache_dir)

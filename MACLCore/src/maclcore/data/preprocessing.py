@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, MaclError
 from ..io.volume import Geometry
 
 SIZE_MULTIPLE = 16  # four 2x2 poolings in the U-Net
@@ -38,12 +38,12 @@ class PreprocessingConfig:
 
     def __post_init__(self) -> None:
         if not (self.spacing > 0 and math.isfinite(self.spacing)):
-            raise ConfigError(f"--spacing must be a positive number of mm, got {self.spacing}")
+            raise ConfigError("spacing", f"must be a positive number of mm, got {self.spacing}")
         if self.size <= 0 or self.size % SIZE_MULTIPLE:
-            raise ConfigError(f"--size must be a positive multiple of {SIZE_MULTIPLE}, got {self.size}")
+            raise ConfigError("size", f"must be a positive multiple of {SIZE_MULTIPLE}, got {self.size}")
         low, high = self.percentiles
         if not 0 <= low < high <= 100:
-            raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+            raise ConfigError("percentiles", f"must satisfy 0 <= low < high <= 100, got {self.percentiles}")
 
 
 def round_up(value: float, multiple: int = SIZE_MULTIPLE) -> int:
@@ -71,9 +71,9 @@ def plan_preprocessing(geometries: Iterable[Geometry], spacing: Optional[float] 
     """
     geometries = list(geometries)
     if spacing is not None and not (spacing > 0 and math.isfinite(spacing)):
-        raise ConfigError(f"--spacing must be a positive number of mm, got {spacing}")
+        raise ConfigError("spacing", f"must be a positive number of mm, got {spacing}")
     if not geometries:
-        raise ConfigError("no volumes to plan preprocessing from")
+        raise MaclError("no volumes to plan preprocessing from")
     if spacing is None:
         spacing = float(np.median([s for g in geometries for s in in_plane_spacing(g)]))
         spacing = float(f"{spacing:.4g}")  # a readable number; the exact median does not matter
@@ -82,8 +82,9 @@ def plan_preprocessing(geometries: Iterable[Geometry], spacing: Optional[float] 
     if size is None:
         size = needed
     elif size < largest:
-        raise ConfigError(f"--size {size} is smaller than the largest training slice ({largest} pixels at "
-                          f"{spacing} mm); slices are padded, never cropped: use --size {needed} or a larger --spacing")
+        raise ConfigError("size", f"{size} is smaller than the largest training slice ({largest} pixels at "
+                                  f"{spacing} mm); slices are padded, never cropped: use {{size}} {needed} or a larger "
+                                  "{spacing}")
     return PreprocessingConfig(spacing=spacing, size=size)
 
 

@@ -12,8 +12,8 @@ from ..io.pairing import pair_cases
 from ..io.segmentation import LABEL_EXTENSIONS, read_label_map
 from ..io.volume import read_geometry
 from ..labels import CARDIAC, LabelSchema
-from ..training.checkpoint import provenance
-from ..training.progress import Reporter
+from ..io.checkpoint import provenance
+from ..runtime.progress import Reporter
 from .metrics import case_metrics, mean_foreground, summarise
 
 

@@ -13,14 +13,14 @@ from ..config import from_dict
 from ..data.preprocessing import (PreparedVolume, PreprocessingConfig, pad_slices, padded_size, prepare_volume,
                                   restore_probabilities)
 from ..errors import ConfigError, InputError, MaclError, PathLike
-from ..io.pairing import split_extension
-from ..io.segmentation import LABEL_EXTENSIONS, write_label_map
+from ..io.naming import LABEL_EXTENSIONS, case_name, split_extension
+from ..io.segmentation import write_label_map
 from ..io.volume import Volume, read_geometry, read_volume
 from ..labels import LabelSchema
 from ..models.unet import UNet, UNetConfig
-from ..training.checkpoint import load_checkpoint
-from ..training.progress import Reporter
-from ..training.runtime import autocast, is_out_of_memory, resolve_device
+from ..io.checkpoint import load_checkpoint
+from ..runtime.progress import Reporter
+from ..runtime.device import autocast, map_in_batches, resolve_device
 from .postprocess import keep_largest_component
 
 T = TypeVar("T")
@@ -58,36 +58,6 @@ def load_segmentation_model(path: PathLike, device: torch.device = torch.device(
     if device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)  # tensor-core convolutions without conversions
     return SegmentationModel(network, schema, preprocessing, info)
-
-
-def map_in_batches(fn: Callable[[int, int], T], count: int, batch_size: int,
-                   on_retry: Optional[Callable[[int], None]] = None) -> List[T]:
-    """Call ``fn(start, stop)`` over ``range(count)`` in batches; on out-of-memory halve the batch and retry.
-
-    Only a batch of one that still runs out of memory is an error.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    results: List[T] = []
-    start = 0
-    while start < count:
-        stop = min(count, start + batch_size)
-        try:
-            results.append(fn(start, stop))
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            if batch_size == 1:
-                raise MaclError("out of memory even with one slice per batch; close other programs using the "
-                                "GPU, or use --device cpu") from None
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            batch_size = max(1, batch_size // 2)
-            if on_retry is not None:
-                on_retry(batch_size)
-            continue
-        start = stop
-    return results
 
 
 @torch.no_grad()
@@ -131,18 +101,15 @@ def output_paths(images: Sequence[str], output: str, fmt: str) -> List[str]:
     """Where each prediction goes: ``output`` itself for one image and a file name, else ``output/CASE.fmt``."""
     fmt = fmt if fmt.startswith(".") else "." + fmt
     if fmt.lower() not in LABEL_EXTENSIONS:
-        raise MaclError(f"--format must be one of {', '.join(e.lstrip('.') for e in LABEL_EXTENSIONS)}, got {fmt!r}")
-    names = []
-    for image in images:
-        stem, _ = split_extension(os.path.basename(os.path.normpath(image)))
-        names.append(stem[:-5] if stem.endswith("_0000") else stem)
+        raise ConfigError("format", f"must be one of {', '.join(e.lstrip('.') for e in LABEL_EXTENSIONS)}, got {fmt!r}")
+    names = [case_name(image) for image in images]
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
         raise MaclError(f"two input images have the same case name {duplicate!r}; their predictions would collide")
     is_file = split_extension(os.path.basename(output))[1].lower() in LABEL_EXTENSIONS and not os.path.isdir(output)
     if is_file:
         if len(images) != 1:
-            raise MaclError(f"--out {output} is a file name, but {len(images)} images were given; give a folder")
+            raise ConfigError("output", f"{output} is a file name, but {len(images)} images were given; give a folder")
         return [output]
     return [os.path.join(output, name + fmt) for name in names]
 
@@ -150,10 +117,10 @@ def output_paths(images: Sequence[str], output: str, fmt: str) -> List[str]:
 def check_inputs(images: Sequence[str], targets: Sequence[str], batch_size: int) -> None:
     """Refuse, before any work, an output that would overwrite its input, and image files with a bad header."""
     if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
     for image, target in zip(images, targets):
         if os.path.exists(target) and os.path.samefile(image, target):
-            raise InputError(target, "is an input image; the prediction would overwrite it (choose another --out)")
+            raise InputError(target, "is an input image; the prediction would overwrite it (choose another {output})")
         if not os.path.isdir(image):
             read_geometry(image)
 

@@ -7,15 +7,12 @@ Pairing follows nnU-Net's naming (``CASE_0000.nii.gz`` with ``CASE.nii.gz``) or 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from ..errors import InputError, MaclError, PathLike
-from .segmentation import LABEL_EXTENSIONS, SEG_EXTENSION
-from .volume import VOLUME_EXTENSIONS, is_dicom_folder
-
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+from .naming import LABEL_EXTENSIONS, SEG_EXTENSION, VOLUME_EXTENSIONS, case_name, image_channel, split_extension
+from .volume import is_dicom_folder
 
 
 @dataclass(frozen=True)
@@ -25,20 +22,6 @@ class Case:
     name: str
     image: str
     label: Optional[str] = None
-
-
-def split_extension(filename: str) -> tuple:
-    """Split ``name.ext`` knowing the multi-part extensions (``.nii.gz``, ``.seg.nrrd``)."""
-    lower = filename.lower()
-    for ext in sorted(set(LABEL_EXTENSIONS) | set(VOLUME_EXTENSIONS), key=len, reverse=True):
-        if lower.endswith(ext):
-            return filename[: -len(ext)], filename[-len(ext):]
-    return os.path.splitext(filename)
-
-
-def _case_name(stem: str) -> str:
-    match = _CHANNEL.match(stem)
-    return match.group("case") if match else stem
 
 
 def _entries(folder: str, extensions: Sequence[str]) -> Dict[str, str]:
@@ -59,10 +42,9 @@ def _entries(folder: str, extensions: Sequence[str]) -> Dict[str, str]:
             stem = entry
         elif ext.lower() not in extensions:
             continue
-        match = _CHANNEL.match(stem)
-        if match and match.group("channel") != "0000":
+        if image_channel(stem) not in (None, "0000"):
             raise InputError(full, "is a second image channel; MACLCore segments single-channel volumes")
-        name = _case_name(stem)
+        name = case_name(full)
         if name in found:
             raise InputError(full, f"has the same case name {name!r} as {os.path.basename(found[name])}")
         found[name] = full
@@ -77,8 +59,7 @@ def find_images(sources: Sequence[PathLike]) -> List[Case]:
         if os.path.isdir(source) and not is_dicom_folder(source):
             entries = _entries(source, VOLUME_EXTENSIONS)
         elif os.path.exists(source):
-            stem = os.path.basename(os.path.normpath(source))
-            entries = {_case_name(split_extension(stem)[0]): source}
+            entries = {case_name(source): source}
         else:
             raise InputError(source, "does not exist")
         for name, path in entries.items():

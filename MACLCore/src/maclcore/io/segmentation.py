@@ -16,10 +16,9 @@ import numpy as np
 from ..errors import InputError, PathLike
 from ..labels import LabelSchema
 from .atomic import atomic_path
-from .volume import VOLUME_EXTENSIONS, Geometry, read_volume, write_volume
+from .naming import LABEL_EXTENSIONS, SEG_EXTENSION, VOLUME_EXTENSIONS
+from .volume import Geometry, read_volume, write_volume
 
-SEG_EXTENSION = ".seg.nrrd"
-LABEL_EXTENSIONS = (SEG_EXTENSION,) + VOLUME_EXTENSIONS
 
 
 def is_seg_nrrd(path: PathLike) -> bool:

@@ -22,8 +22,8 @@ import numpy as np
 
 from ..errors import InputError, PathLike
 from .atomic import atomic_path
+from .naming import VOLUME_EXTENSIONS
 
-VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # What ITK's readers say (in the exception or on stderr) when a file ends early.
 _TRUNCATION_HINTS = ("not read completely", "fread got only", "but received", "end of file")
 # An in-plane field of view outside this (mm) means a wrong spacing, such as metres or micrometres for mm.

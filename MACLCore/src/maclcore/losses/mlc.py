@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..distributed import gather_with_grad, is_distributed
+from ..runtime.processes import gather_with_grad, is_distributed
 from ..errors import ConfigError
 
 POSITIVE_RULES = ("position", "views")
@@ -52,13 +52,13 @@ class MLCLossConfig:
 
     def __post_init__(self) -> None:
         if len(self.lambdas) != 3 or min(self.lambdas) < 0 or max(self.lambdas) == 0:
-            raise ConfigError(f"--lambdas needs three non-negative weights, not all zero; got {self.lambdas}")
+            raise ConfigError("lambdas", f"needs three non-negative weights, not all zero; got {self.lambdas}")
         if self.temperature <= 0:
-            raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
+            raise ConfigError("temperature", f"must be > 0, got {self.temperature}")
         if self.positives not in POSITIVE_RULES:
-            raise ConfigError(f"positives must be one of {POSITIVE_RULES}, got {self.positives!r}")
+            raise ConfigError("positives", f"must be one of {POSITIVE_RULES}, got {self.positives!r}")
         if not 0 <= self.threshold <= 1:
-            raise ConfigError(f"--threshold must be in [0, 1], got {self.threshold}")
+            raise ConfigError("threshold", f"must be in [0, 1], got {self.threshold}")
 
 
 def positive_mask(anchor_positions: torch.Tensor, anchor_ids: torch.Tensor, key_positions: torch.Tensor,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..distributed import is_distributed, sum_with_grad
+from ..runtime.processes import is_distributed, sum_with_grad
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):

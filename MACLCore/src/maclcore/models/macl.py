@@ -51,9 +51,9 @@ class MACLNetConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.decoder_depth <= 4:
-            raise ConfigError(f"--decoder-depth must be 0..4, got {self.decoder_depth}")
+            raise ConfigError("decoder_depth", f"must be 0..4, got {self.decoder_depth}")
         if self.symmetric and self.decoder_depth:
-            raise ConfigError("symmetric (shared-projector) pretraining needs --decoder-depth 0")
+            raise ConfigError("decoder_depth", f"must be 0 for symmetric (shared-projector) pretraining, got {self.decoder_depth}")
 
 
 class InstanceProjector(nn.Module):

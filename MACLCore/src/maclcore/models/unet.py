@@ -36,9 +36,9 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         if len(self.channels) != 5 or min(self.channels) < 1:
-            raise ConfigError(f"--channels needs five positive widths (4 encoder blocks + centre), got {self.channels}")
+            raise ConfigError("channels", f"needs five positive widths (4 encoder blocks + centre), got {self.channels}")
         if self.num_classes < 2:
-            raise ConfigError(f"num_classes must be >= 2 (background + at least one label), got {self.num_classes}")
+            raise ConfigError("num_classes", f"must be >= 2 (background + at least one label), got {self.num_classes}")
 
 
 def conv_unit(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -90,7 +90,7 @@ class Decoder(nn.Module):
     def __init__(self, channels: Sequence[int], depth: int = 4) -> None:
         super().__init__()
         if not 0 <= depth <= 4:
-            raise ConfigError(f"decoder depth must be 0..4, got {depth}")
+            raise ConfigError("decoder_depth", f"must be 0..4, got {depth}")
         self.blocks = nn.ModuleList(UpBlock(channels[4 - i], channels[3 - i]) for i in range(depth))
 
     def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -34,4 +34,4 @@ def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise ConfigError(f"--variant: unknown {name!r} (known: {', '.join(VARIANTS)})") from None
+        raise ConfigError("variant", f"is unknown: {name!r} (known: {', '.join(VARIANTS)})") from None

@@ -20,10 +20,10 @@ from ..io.pairing import Case
 from ..labels import CARDIAC, LabelSchema
 from ..losses.segmentation import segmentation_loss
 from ..models.unet import DEFAULT_CHANNELS, UNet, UNetConfig
-from .lineage import new_generation, parent_record
+from ..io.lineage import new_generation, parent_record
 from .loop import LoopConfig, Trainer, cosine_lr, unwrap
-from .progress import Reporter
-from .runtime import setup_processes
+from ..runtime.progress import Reporter
+from ..runtime.processes import setup_processes
 from .session import (SliceStorage, TrainingSession, make_optimizer, prepare_model, seed_everything,
                       training_slices)
 from .transfer import init_channels, load_initial_weights, read_init
@@ -65,17 +65,19 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+            raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         if self.min_val_groups < 2:
-            raise ConfigError(f"--min-val-groups must be >= 2 (one patient must remain for training), "
-                              f"got {self.min_val_groups}")
-        if self.lr <= 0 or self.min_lr < 0:
-            raise ConfigError("--lr must be > 0 and --min-lr >= 0")
+            raise ConfigError("min_val_groups", f"must be >= 2 (one patient must remain for training), "
+                                                f"got {self.min_val_groups}")
+        if not self.lr > 0:
+            raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        if not self.min_lr >= 0:
+            raise ConfigError("min_lr", f"must be >= 0, got {self.min_lr}")
         try:
             if "group" not in re.compile(self.group_pattern).groupindex:
-                raise ConfigError(f"--group-pattern needs a named group (?P<group>...), got {self.group_pattern!r}")
+                raise ConfigError("group_pattern", f"needs a named group (?P<group>...), got {self.group_pattern!r}")
         except re.error as exc:
-            raise ConfigError(f"--group-pattern is not a valid regular expression: {exc}") from None
+            raise ConfigError("group_pattern", f"is not a valid regular expression: {exc}") from None
 
 
 def case_group(name: str, pattern: str = DEFAULT_GROUP_PATTERN) -> str:

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError, MaclError
-from .progress import Reporter
-from .runtime import Processes, StopRequest, autocast, is_out_of_memory, step_generator
+from ..runtime.progress import Reporter
+from ..runtime.control import StopRequest
+from ..runtime.device import autocast, is_out_of_memory, step_generator
+from ..runtime.processes import Processes, any_process, mean_over_processes
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,11 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
+            raise ConfigError("epochs", f"must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
+            raise ConfigError("steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
 
 
 class Task(Protocol):
@@ -122,23 +123,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def mean_over_processes(value: torch.Tensor, procs: Processes) -> float:
-    """The mean of a scalar over all processes (the value itself with one process); waits for the device."""
-    if procs.distributed:
-        value = value.detach().clone()
-        dist.all_reduce(value)
-        value /= procs.world_size
-    return float(value.item())
-
-
-def _any_rank(flag: bool, procs: Processes, device: torch.device) -> bool:
-    if not procs.distributed:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(tensor)
-    return bool(tensor.item() > 0)
-
-
 class Trainer:
     """Runs a task for ``config.epochs`` epochs, reporting and checkpointing as it goes."""
 
@@ -147,7 +131,7 @@ class Trainer:
                  reporter: Reporter, stage: str,
                  save_state: Optional[Callable[[TrainState], None]] = None) -> None:
         if num_samples < 1:
-            raise ConfigError("no training slices")
+            raise MaclError("no training slices")
         self.task, self.optimizer, self.schedule, self.config = task, optimizer, schedule, config
         self.num_samples, self.device, self.procs = num_samples, device, procs
         self.reporter, self.stage = reporter, stage
@@ -187,13 +171,13 @@ class Trainer:
                     window_loss, window_steps = torch.zeros((), device=self.device), 0
                 # One process checks every step; several agree at log points (a collective each time).
                 if state.step_in_epoch < self.steps_per_epoch and (at_log or not procs.distributed):
-                    if _any_rank(stop.requested, procs, self.device):
+                    if any_process(stop.requested, procs, self.device):
                         self.save_state(state)
                         return state, False
             state.epoch += 1
             state.step_in_epoch = 0
             self._end_epoch(state, mean_over_processes(epoch_loss / max(1, epoch_steps), procs), started, steps_run)
-            stopping = _any_rank(stop.requested, procs, self.device)
+            stopping = any_process(stop.requested, procs, self.device)
             if stopping or state.epoch % config.checkpoint_every == 0 or state.epoch == config.epochs:
                 self.save_state(state)
             if stopping and state.epoch < config.epochs:

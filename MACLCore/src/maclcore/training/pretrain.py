@@ -18,9 +18,9 @@ from ..losses.mlc import MLCLossConfig, mlc_loss
 from ..models.macl import MACLNet, MACLNetConfig
 from ..models.unet import DEFAULT_CHANNELS, UNetConfig
 from ..models.variants import get_variant
-from .loop import LoopConfig, Trainer, cosine_lr, mean_over_processes, unwrap
-from .progress import Reporter
-from .runtime import Processes, setup_processes
+from .loop import LoopConfig, Trainer, cosine_lr, unwrap
+from ..runtime.progress import Reporter
+from ..runtime.processes import Processes, mean_over_processes, setup_processes
 from .session import (SliceStorage, TrainingSession, make_optimizer, prepare_model, seed_everything,
                       training_slices)
 
@@ -131,7 +131,7 @@ def pretrain(cases: Sequence[Case], output: PathLike, config: PretrainConfig = P
     sources_given = bool(cases)
     if not sources_given:
         if storage.cache_dir is None:
-            raise ConfigError("no volumes to pretrain on: give images, or a cache folder built before")
+            raise ConfigError("storage.cache_dir", "is not set and no volumes were given: give images, or a slice cache built before")
         from ..data.cache import cached_cases
 
         cases = cached_cases(storage.cache_dir)

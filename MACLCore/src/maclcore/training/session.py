@@ -17,23 +17,19 @@ from ..data.dataset import SliceData, load_cases, read_case_geometries
 from ..data.preprocessing import PreprocessingConfig, plan_preprocessing
 from ..errors import InputError, MaclError, TrainingInterrupted
 from ..io.atomic import remove_partials
+from ..io.naming import cache_path, resume_path
 from ..io.pairing import Case
 from ..labels import LabelSchema
 from ..models.global_norm import convert_to_global_batchnorm
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..io.checkpoint import load_checkpoint, save_checkpoint
 from .loop import LoopConfig, Trainer, TrainState, unwrap
-from .progress import Reporter
-from .runtime import Processes, RunLock, StopRequest
+from ..runtime.progress import Reporter
+from ..runtime.control import RunLock, StopRequest
+from ..runtime.processes import Processes, broadcast_object
 
 
 # What a resume state holds besides the run's own record (config, cases, ...), checked before it is used.
 RESUME_KEYS = ("stage", "config", "preprocessing", "cases", "model_state", "optimizer", "train_state")
-
-
-def resume_path_for(output: str) -> str:
-    """``MODEL.pt`` -> ``MODEL.resume.pt``: the resumable state kept while a run is unfinished."""
-    stem = output[:-3] if output.endswith(".pt") else output
-    return stem + ".resume.pt"
 
 
 def seed_everything(seed: int) -> None:
@@ -81,23 +77,6 @@ class SliceStorage:
     cache_dtype: Optional[str] = None
 
 
-def cache_path_for(output: str) -> str:
-    """``MODEL.pt`` -> ``MODEL.cache``: where slices that do not fit in memory go when no --cache-dir is given."""
-    stem = output[:-3] if output.endswith(".pt") else output
-    return stem + ".cache"
-
-
-def _broadcast(value: Any, procs: Processes) -> Any:
-    """Rank 0's ``value`` on every process."""
-    if not procs.distributed:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def training_slices(cases: Sequence[Case], schema: Optional[LabelSchema], reporter: Reporter,
                     session: "TrainingSession", device: torch.device, storage: Optional[SliceStorage] = None,
                     plan: Optional[PreprocessingConfig] = None, spacing: Optional[float] = None,
@@ -121,7 +100,7 @@ def training_slices(cases: Sequence[Case], schema: Optional[LabelSchema], report
     if procs.is_main:
         decision = _plan_storage(cases, schema, reporter, session, device, storage, plan, spacing, size,
                                  sources_given)
-    decision = _broadcast(decision, procs)
+    decision = broadcast_object(decision, procs)
     plan = PreprocessingConfig(spacing=decision["plan"]["spacing"], size=decision["plan"]["size"],
                                percentiles=tuple(decision["plan"]["percentiles"]))
     if decision["cache_dir"] is None:
@@ -164,7 +143,7 @@ def _plan_storage(cases: Sequence[Case], schema: Optional[LabelSchema], reporter
     budget = slice_cache.memory_budget(device, storage.max_memory)
     cache_dir = storage.cache_dir
     if cache_dir is None and needed > budget:
-        cache_dir = cache_path_for(session.output)
+        cache_dir = cache_path(session.output)
         reporter.message(f"the slices ({needed / 1e9:.2f} GB) exceed the memory budget ({budget / 1e9:.2f} GB): "
                          f"caching them in {cache_dir} (choose the folder with --cache-dir)")
     plan_dict = {"spacing": plan.spacing, "size": plan.size, "percentiles": list(plan.percentiles)}
@@ -225,7 +204,7 @@ class TrainingSession:
                  stop_file: Optional[str] = None) -> None:
         self.output, self.stage, self.procs, self.resume = output, stage, procs, resume
         self.stop_file = stop_file
-        self.resume_path = resume_path_for(output)
+        self.resume_path = resume_path(output)
         self.state: Optional[Dict[str, Any]] = None
         self.stop = StopRequest(stop_file)
         self._stack = contextlib.ExitStack()

@@ -9,7 +9,7 @@ import torch
 from ..config import from_dict
 from ..errors import ConfigError, InputError, PathLike
 from ..models.unet import UNet, UNetConfig, transferable_prefixes
-from .checkpoint import load_checkpoint
+from ..io.checkpoint import load_checkpoint
 
 
 def read_init(path: PathLike) -> Dict[str, Any]:
@@ -58,7 +58,7 @@ def load_initial_weights(model: UNet, data: Dict[str, Any], path: PathLike) -> D
             raise InputError(path, f"has a weight {name!r} that this U-Net does not have")
         if tuple(target[name].shape) != tuple(tensor.shape):
             raise InputError(path, f"weight {name} has shape {tuple(tensor.shape)}, this U-Net needs "
-                                   f"{tuple(target[name].shape)} (use the same --channels)")
+                                   f"{tuple(target[name].shape)} (use the same {{channels}})")
         target[name] = tensor
         loaded.append(name)
     if not loaded:

@@ -1,4 +1,4 @@
-"""What a training run needs from its surroundings: device, processes, precision, a lock and stop signals."""
+"""Run control: an exclusive lock on an output, and polite stop requests (signals or a stop file)."""
 
 from __future__ import annotations
 
@@ -6,92 +6,9 @@ import contextlib
 import os
 import signal
 import threading
-from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
-import torch
-import torch.distributed as dist
-
-from ..errors import ConfigError, MaclError, PathLike
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__}); "
-                              "use --device cpu or auto")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
-
-
-@dataclass(frozen=True)
-class Processes:
-    """This process's place in a (possibly single-process) run started by torchrun."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_processes(device_name: str) -> tuple:
-    """Join the process group when launched by torchrun (it sets WORLD_SIZE/RANK/LOCAL_RANK), pick the device.
-
-    Returns (Processes, torch.device). One process with no torchrun needs nothing: the same code path runs.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Processes(), resolve_device(device_name)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Processes(rank=rank, world_size=world_size, local_rank=local_rank), device
-
-
-def teardown_processes() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def autocast(device: torch.device, enabled: bool) -> Any:
-    """bf16 autocast on CUDA (fp32 master weights, no loss scaling needed); a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA (or CPU allocator) out-of-memory, as raised by torch."""
-    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    """The random generator of one training step: a function of (seed, step) alone, so that a resumed run
-    draws exactly what an uninterrupted run would have drawn."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + step) % (2 ** 63))
-    return generator
+from ..errors import MaclError, PathLike
 
 
 class RunLock:

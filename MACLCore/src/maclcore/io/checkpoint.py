@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError, PathLike
-from ..io.atomic import atomic_path
+from .atomic import atomic_path
 
 FORMAT = "maclcore"
 FORMAT_VERSION = 1
