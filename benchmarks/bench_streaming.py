@@ -36,7 +36,7 @@ from maclcore.io.pairing import find_images  # noqa: E402
 from maclcore.training.loop import LoopConfig  # noqa: E402
 from maclcore.training.pretrain import pretrain, pretrain_config  # noqa: E402
 from maclcore.runtime.progress import Reporter  # noqa: E402
-from maclcore.training.session import SliceStorage  # noqa: E402
+from maclcore.data.storage import SliceStorage  # noqa: E402
 
 
 class Messages(Reporter):

@@ -22,7 +22,7 @@ from maclcore.labels import CARDIAC
 from maclcore.training.loop import LoopConfig
 from maclcore.training.pretrain import pretrain, pretrain_config
 from maclcore.runtime.progress import Reporter
-from maclcore.training.session import SliceStorage
+from maclcore.data.storage import SliceStorage
 
 from phantom_data import images_of, labels_of
 
@@ -243,10 +243,10 @@ def test_training_from_a_carried_cache_needs_neither_images_nor_simpleitk(phanto
 
 
 def test_cache_builder_command(phantoms, tmp_path, capsys):
-    from maclcore.data.cache import main
+    from maclcore.cli.main import main
 
     folder = str(tmp_path / "c")
-    args = ["--images", images_of(phantoms["train"]), "--labels", labels_of(phantoms["train"]),
+    args = ["cache", "--images", images_of(phantoms["train"]), "--labels", labels_of(phantoms["train"]),
             "--cache-dir", folder, "--spacing", "6"]
     assert main(args) == 0
     manifest = json.load(open(os.path.join(folder, "manifest.json")))

@@ -14,10 +14,10 @@ from .. import __version__
 from ..errors import MaclError, TrainingInterrupted
 from ..runtime.progress import Reporter, make_reporter
 from ..runtime.device import is_out_of_memory
-from . import demo, evaluate, finetune, predict, pretrain, suggest
+from . import cache, demo, evaluate, finetune, predict, pretrain, suggest
 from .options import flag_name
 
-COMMANDS = (pretrain, finetune, predict, evaluate, suggest, demo)
+COMMANDS = (pretrain, finetune, predict, evaluate, suggest, demo, cache)
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         sub = command.add_parser(subparsers)
-        common_options(sub, device=command is not evaluate)
+        common_options(sub, device=command not in (evaluate, cache))
         sub.set_defaults(run=command.run)
     return parser
 

@@ -9,7 +9,7 @@ from typing import Tuple
 from ..data.augment import AugmentationConfig
 from ..labels import SCHEMAS
 from ..training.loop import LoopConfig
-from ..training.session import SliceStorage
+from ..data.storage import SliceStorage
 
 
 # Engine settings (configuration fields and API arguments, as the engine's messages name them) and the

@@ -23,15 +23,13 @@ rebuilt; arrays are replaced by rename, so a run reading the old cache keeps its
 
 Build one without training (e.g. on the machine that has the data)::
 
-    python -m maclcore.data.cache --images /data/unlabelled --cache-dir /scratch/cache [--spacing 1.25]
+    maclcore cache --images /data/unlabelled --cache-dir /scratch/cache [--spacing 1.25]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -39,10 +37,12 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import ConfigError, InputError, MaclError, PathLike
+from ..errors import ConfigError, InputError, PathLike
+from ..config import from_dict, to_dict
 from ..io.atomic import write_text_atomic
 from ..io.pairing import Case
 from ..labels import LabelSchema
+from ..runtime.control import RunLock  # a lock file against two builds of one cache
 from .dataset import SliceData, load_case
 from .preprocessing import PreprocessingConfig, pad_slices
 from .stream import SliceStream
@@ -97,10 +97,9 @@ def available_memory(device: torch.device) -> int:
 
 
 def memory_budget(device: torch.device, max_memory: Optional[float] = None) -> int:
-    """Bytes of training slices to hold in memory: ``max_memory`` GB when given, else half the free memory."""
+    """Bytes of training slices to hold in memory: ``max_memory`` GB when given (checked by
+    :class:`~maclcore.data.storage.SliceStorage`), else half the free memory."""
     if max_memory is not None:
-        if not max_memory >= 0:
-            raise ConfigError("storage.max_memory", f"must be >= 0 GB, got {max_memory}")
         return int(max_memory * 1e9)
     return int(available_memory(device) * AUTO_BUDGET_FRACTION)
 
@@ -137,8 +136,8 @@ def stale_reason(manifest: Optional[Dict[str, Any]], cases: Sequence[Case], sche
         return f"its slices are {manifest.get('dtype')}, {dtype} was asked for"
     if schema is not None and manifest.get("schema") != schema.to_dict():
         return "it has no labels" if manifest.get("schema") is None else "its labels follow another schema"
-    if plan is not None and manifest.get("preprocessing") != _plan_dict(plan):
-        return f"it was preprocessed as {manifest.get('preprocessing')}, this run uses {_plan_dict(plan)}"
+    if plan is not None and manifest.get("preprocessing") != to_dict(plan):
+        return f"it was preprocessed as {manifest.get('preprocessing')}, this run uses {to_dict(plan)}"
     if not check_sources:
         return None
     if plan is None and manifest.get("requested") != {"spacing": spacing, "size": size}:
@@ -159,15 +158,11 @@ def stale_reason(manifest: Optional[Dict[str, Any]], cases: Sequence[Case], sche
     return None
 
 
-def _plan_dict(plan: PreprocessingConfig) -> Dict[str, Any]:
-    return {"spacing": float(plan.spacing), "size": int(plan.size), "percentiles": [float(p) for p in plan.percentiles]}
-
-
 def cached_cases(cache_dir: PathLike) -> List[Case]:
     """The cases a finished cache holds (their source paths as recorded, which need not exist here)."""
     manifest = read_manifest(cache_dir)
     if manifest is None:
-        raise InputError(cache_dir, "holds no finished slice cache (build one with --images and --cache-dir)")
+        raise InputError(cache_dir, "holds no finished slice cache (build one with {images} and {storage.cache_dir})")
     return [Case(name=e["name"], image=e["image"]["path"], label=(e.get("label") or {}).get("path"))
             for e in manifest["cases"]]
 
@@ -181,15 +176,13 @@ def build_cache(cache_dir: PathLike, cases: Sequence[Case], plan: PreprocessingC
     ``slice_counts`` are the volumes' slice counts (from their headers), which size the arrays up front.
     Returns the manifest.
     """
-    from ..runtime.control import RunLock  # a lock file against two builds of one cache
-
     if dtype not in DTYPES:
         raise ConfigError("storage.cache_dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if len(slice_counts) != len(cases):
         raise ValueError("one slice count per case is needed")
     cache_dir = os.fspath(cache_dir)
     if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
-        raise InputError(cache_dir, "is a file; --cache-dir needs a folder")
+        raise InputError(cache_dir, "is a file; {storage.cache_dir} needs a folder")
     os.makedirs(cache_dir, exist_ok=True)
     manifest_path = os.path.join(cache_dir, MANIFEST)
     with RunLock(manifest_path):
@@ -231,7 +224,7 @@ def build_cache(cache_dir: PathLike, cases: Sequence[Case], plan: PreprocessingC
         if schema is None and os.path.exists(_path(cache_dir, "labels")):
             os.remove(_path(cache_dir, "labels"))
         manifest = {"format": FORMAT, "version": VERSION, "maclcore": __version__,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preprocessing": _plan_dict(plan),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preprocessing": to_dict(plan),
                     "requested": {"spacing": requested[0], "size": requested[1]},
                     "schema": schema.to_dict() if schema is not None else None, "dtype": dtype,
                     "count": total, "size": size, "cases": entries}
@@ -268,9 +261,7 @@ class SliceCache:
 
     @property
     def plan(self) -> PreprocessingConfig:
-        data = self.manifest["preprocessing"]
-        return PreprocessingConfig(spacing=float(data["spacing"]), size=int(data["size"]),
-                                   percentiles=tuple(data["percentiles"]))  # type: ignore[arg-type]
+        return from_dict(PreprocessingConfig, self.manifest["preprocessing"])
 
     @property
     def names(self) -> List[str]:
@@ -313,48 +304,3 @@ class SliceCache:
         positions, volumes = self._small(device)
         return SliceData(images=stream.view("images"), positions=positions, volumes=volumes, names=self.names,
                          labels=stream.view("labels") if "labels" in arrays else None)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Build (or check) a cache from image files: ``python -m maclcore.data.cache --images ... --cache-dir DIR``."""
-    from ..data.dataset import read_case_geometries
-    from ..data.preprocessing import plan_preprocessing
-    from ..io.pairing import find_images, pair_cases
-    from ..labels import get_schema
-
-    parser = argparse.ArgumentParser(prog="python -m maclcore.data.cache", description=main.__doc__)
-    parser.add_argument("--images", required=True, nargs="+", help="folders and/or files of volumes")
-    parser.add_argument("--labels", help="folder of label maps (a labelled cache, for finetuning); needs one "
-                                         "--images folder")
-    parser.add_argument("--labels-schema", default="cardiac")
-    parser.add_argument("--cache-dir", required=True)
-    parser.add_argument("--spacing", type=float)
-    parser.add_argument("--size", type=int)
-    parser.add_argument("--cache-dtype", choices=DTYPES, default="float32")
-    args = parser.parse_args(argv)
-    try:
-        if args.labels:
-            if len(args.images) != 1:
-                raise ConfigError("--labels pairs with exactly one --images folder")
-            cases, schema = pair_cases(args.images[0], args.labels), get_schema(args.labels_schema)
-        else:
-            cases, schema = find_images(args.images), None
-        reason = stale_reason(read_manifest(args.cache_dir), cases, schema, args.cache_dtype, args.spacing, args.size)
-        if reason is None:
-            print(f"{args.cache_dir}: up to date ({len(cases)} volumes)")
-            return 0
-        geometries = read_case_geometries(cases)
-        plan = plan_preprocessing(geometries, spacing=args.spacing, size=args.size)
-        manifest = build_cache(args.cache_dir, cases, plan, [g.size[2] for g in geometries], schema,
-                               args.cache_dtype, (args.spacing, args.size),
-                               lambda i, n, name: print(f"[{i}/{n}] {name}", file=sys.stderr))
-    except MaclError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.cache_dir}: {manifest['count']} slices of {manifest['size']}x{manifest['size']} at "
-          f"{manifest['preprocessing']['spacing']} mm from {len(cases)} volumes")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,20 +12,21 @@ import torch
 
 from ..config import from_dict, to_dict
 from ..data.augment import AugmentationConfig, augment_batch, draw_augmentation
-from ..data.dataset import SliceData, read_case_geometries
+from ..data.dataset import SliceData
 from ..data.preprocessing import PreprocessingConfig, plan_preprocessing
+from ..data.storage import SliceRequest, SliceStorage, training_slices
 from ..errors import ConfigError, MaclError, PathLike
 from ..evaluation.metrics import overlap_per_class
+from ..io.lineage import new_generation, parent_record
 from ..io.pairing import Case
+from ..io.volume import Geometry
 from ..labels import CARDIAC, LabelSchema
 from ..losses.segmentation import segmentation_loss
 from ..models.unet import DEFAULT_CHANNELS, UNet, UNetConfig
-from ..io.lineage import new_generation, parent_record
-from .loop import LoopConfig, Trainer, cosine_lr, unwrap
+from ..runtime.processes import joined_processes
 from ..runtime.progress import Reporter
-from ..runtime.processes import setup_processes
-from .session import (SliceStorage, TrainingSession, make_optimizer, prepare_model, seed_everything,
-                      training_slices)
+from .loop import LoopConfig, Trainer, TrainState, cosine_lr, unwrap
+from .session import TrainingSession, make_optimizer, prepare_model, seed_everything
 from .transfer import init_channels, load_initial_weights, read_init
 
 # Cardiac cine frames of one patient (ED/ES, or numbered frames) form one group: they are never split
@@ -101,6 +102,8 @@ def split_validation(names: Sequence[str], config: FinetuneConfig) -> Tuple[List
 class FinetuneTask:
     """Cross-entropy (+ Dice) on augmented labelled slices; validation Dice on held-out volumes."""
 
+    oom_hint = "start again with a smaller {batch_size}"
+
     def __init__(self, model: torch.nn.Module, train: SliceData, val: Optional[SliceData],
                  config: FinetuneConfig, num_classes: int) -> None:
         self.model, self.train, self.val, self.config, self.num_classes = model, train, val, config, num_classes
@@ -134,14 +137,14 @@ class FinetuneTask:
         return {"val_dice": float(dice.mean()), **{f"val_dice_{i + 1}": float(d) for i, d in enumerate(dice.mean(0))}}
 
 
-def _plan(cases: Sequence[Case], config: FinetuneConfig, init: Optional[Dict[str, Any]]) -> PreprocessingConfig:
+def _plan(geometries: Sequence[Geometry], config: FinetuneConfig, init: Optional[Dict[str, Any]]) -> PreprocessingConfig:
     """The preprocessing: derived from the cases, with the init model's spacing (pretrained features see the
     scale they learnt). Continuing a segmentation model keeps its whole plan (spacing, intensity percentiles,
     and a size grown only if a new case needs more), so the weights keep seeing what they were trained on."""
     spacing = config.spacing
     if spacing is None and init is not None:
         spacing = float(init["preprocessing"]["spacing"])
-    plan = plan_preprocessing(read_case_geometries(cases), spacing=spacing, size=config.size)
+    plan = plan_preprocessing(geometries, spacing=spacing, size=config.size)
     if init is not None and init["kind"] == "segmentation" and config.size is None:
         inherited = from_dict(PreprocessingConfig, init["preprocessing"])
         if inherited.spacing == plan.spacing:
@@ -160,40 +163,29 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
     ``stop_file`` appears. Returns a summary: output path, history, selected epoch, train/validation cases,
     init report.
     """
-    reporter = reporter or Reporter()
     output = os.fspath(output)
     missing = [c.name for c in cases if c.label is None]
     if missing:
         raise MaclError(f"cases without a label map: {', '.join(missing[:5])}")
-    procs, device_ = setup_processes(device)
-    with TrainingSession(output, "finetune", procs, resume, stop_file) as session:
-        saved = session.state
+    with joined_processes(device) as (procs, device_), \
+            TrainingSession(output, "finetune", procs, resume, stop_file) as session:
+        reporter = procs.reporter(reporter or Reporter())
         session.check_cases(cases)
-        init_data = None
-        if saved is not None:
-            config, schema = from_dict(FinetuneConfig, saved["config"]), LabelSchema.from_dict(saved["labels"])
-        elif init is not None:
-            init_data = read_init(init)
-        config = replace(config, channels=config.channels or (init_channels(init_data) if init_data else DEFAULT_CHANNELS))
+        config, schema, init_data = _settings(session.state, config, schema, init)
         seed_everything(config.loop.seed)
-        plan = from_dict(PreprocessingConfig, saved["preprocessing"]) if saved else _plan(cases, config, init_data)
+        saved = session.state
+        request = SliceRequest(cases, schema, default_cache=session.default_cache,
+                               plan=from_dict(PreprocessingConfig, saved["preprocessing"]) if saved else None,
+                               planner=lambda geometries: _plan(geometries, config, init_data))
+        data, plan = training_slices(request, storage or SliceStorage(), device_, procs, reporter, session.check_stop)
         train_names, val_names = ((saved["split"]["train"], saved["split"]["val"]) if saved
                                   else split_validation([c.name for c in cases], config))
-        data, plan = training_slices(cases, schema, reporter, session, device_, storage, plan=plan)
         train = data.select_volumes(train_names)
         val = data.select_volumes(val_names) if val_names else None
         reporter.message(f"training on {len(train_names)} volumes ({len(train)} slices)"
                          + (f", validating on {len(val_names)}: {', '.join(val_names)}" if val_names
                             else "; no validation split (too few patients): the last epoch is kept"))
-        network = UNet(UNetConfig(num_classes=schema.num_classes, channels=tuple(config.channels)))
-        init_report = saved["init"] if saved else None
-        parent = saved.get("parent") if saved else None
-        if init_data is not None:
-            init_report = load_initial_weights(network, init_data, init)  # type: ignore[arg-type]
-            parent = parent_record(init, init_data)  # type: ignore[arg-type]
-            reporter.message(f"initialised from {init}: loaded {', '.join(init_report['loaded'])}; "
-                             f"random: {', '.join(init_report['random']) or 'nothing'}")
-            _warn_label_names(init_data, schema, reporter)
+        network, init_report, parent = _network(config, schema, saved, init, init_data, reporter)
         model = prepare_model(network, procs, device_, config.loop)
         optimizer = make_optimizer(torch.optim.Adam, model, device_, lr=config.lr, weight_decay=config.weight_decay)
         trainer = Trainer(FinetuneTask(model, train, val, config, schema.num_classes), optimizer,
@@ -203,20 +195,58 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
                   "cases": [c.name for c in cases], "split": {"train": train_names, "val": val_names},
                   "init": init_report, "parent": parent}
         state = session.run(trainer, model, optimizer, record)
-        selected = state.best_epoch if state.best_weights is not None else state.epoch
-        weights = state.best_weights if state.best_weights is not None else unwrap(model).state_dict()
-        training = {"config": record["config"], "selected_epoch": selected, "history": state.history,
-                    "train_cases": train_names, "val_cases": val_names, "init": init_report,
-                    "seed": config.loop.seed, "processes": procs.world_size}
-        lineage = new_generation(output, parent, [c.name for c in cases], state.best_score, selected,
-                                 config.loop.epochs)
-        session.finish("segmentation", {
-            "model": to_dict(unwrap(model).config), "labels": record["labels"], "preprocessing": record["preprocessing"],
-            "training": training, "lineage": lineage,
-            "state_dict": {k: v.detach().cpu() for k, v in weights.items()}})
-    metrics = {"selected_epoch": selected, **({"val_dice": state.best_score} if state.best_score is not None else {})}
+        training, lineage = _write_model(session, state, model, record, procs.world_size)
+    metrics = {"selected_epoch": training["selected_epoch"],
+               **({"val_dice": state.best_score} if state.best_score is not None else {})}
     reporter.done(output=output, metrics=metrics)
     return {"output": output, **training, "lineage": lineage}
+
+
+def _settings(saved: Optional[Dict[str, Any]], config: FinetuneConfig, schema: LabelSchema,
+              init: Optional[PathLike]) -> Tuple[FinetuneConfig, LabelSchema, Optional[Dict[str, Any]]]:
+    """The run's settings: a resumed run's own, else the given ones with the widths of ``init`` (or the
+    default); and the loaded ``init`` checkpoint (None when resuming or starting from random weights)."""
+    init_data = None
+    if saved is not None:
+        config, schema = from_dict(FinetuneConfig, saved["config"]), LabelSchema.from_dict(saved["labels"])
+    elif init is not None:
+        init_data = read_init(init)
+    channels = config.channels or (init_channels(init_data) if init_data else DEFAULT_CHANNELS)
+    return replace(config, channels=channels), schema, init_data
+
+
+def _network(config: FinetuneConfig, schema: LabelSchema, saved: Optional[Dict[str, Any]], init: Optional[PathLike],
+             init_data: Optional[Dict[str, Any]], reporter: Reporter) -> Tuple[UNet, Any, Any]:
+    """The U-Net to train, initialised from ``init`` when given; with the init report and the lineage parent."""
+    network = UNet(UNetConfig(num_classes=schema.num_classes, channels=tuple(config.channels)))
+    init_report = saved["init"] if saved else None
+    parent = saved.get("parent") if saved else None
+    if init_data is not None:
+        init_report = load_initial_weights(network, init_data, init)  # type: ignore[arg-type]
+        parent = parent_record(init, init_data)  # type: ignore[arg-type]
+        reporter.message(f"initialised from {init}: loaded {', '.join(init_report['loaded'])}; "
+                         f"random: {', '.join(init_report['random']) or 'nothing'}")
+        _warn_label_names(init_data, schema, reporter)
+    return network, init_report, parent
+
+
+def _write_model(session: TrainingSession, state: TrainState, model: torch.nn.Module, record: Dict[str, Any],
+                 processes: int) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """Write the finished model (the validation-selected weights, else the last ones); its training record
+    and lineage."""
+    config = from_dict(FinetuneConfig, record["config"])
+    selected = state.best_epoch if state.best_weights is not None else state.epoch
+    weights = state.best_weights if state.best_weights is not None else unwrap(model).state_dict()
+    training = {"config": record["config"], "selected_epoch": selected, "history": state.history,
+                "train_cases": record["split"]["train"], "val_cases": record["split"]["val"],
+                "init": record["init"], "seed": config.loop.seed, "processes": processes}
+    lineage = new_generation(session.output, record["parent"], record["cases"], state.best_score, selected,
+                             config.loop.epochs)
+    session.finish("segmentation", {
+        "model": to_dict(unwrap(model).config), "labels": record["labels"], "preprocessing": record["preprocessing"],
+        "training": training, "lineage": lineage,
+        "state_dict": {k: v.detach().cpu() for k, v in weights.items()}})
+    return training, lineage
 
 
 def _warn_label_names(init: Dict[str, Any], schema: LabelSchema, reporter: Reporter) -> None:

@@ -64,6 +64,7 @@ class Task(Protocol):
     """What the loop trains."""
 
     model: nn.Module
+    oom_hint: str  # what to lower when a step runs out of memory, naming settings as {field}
 
     def loss(self, indices: torch.Tensor, generator: torch.Generator, offset: int,
              global_batch: int) -> torch.Tensor:
@@ -212,12 +213,10 @@ class Trainer:
         return loss.detach().float()
 
     def _out_of_memory(self, global_step: int) -> MaclError:
-        """The error of a step that ran out of memory: which setting to lower. The saved state is untouched."""
-        views = " (two augmented views each)" if self.stage == "pretrain" else ""
-        smaller = "--batch-size or --size (or a larger --spacing)" if self.stage == "pretrain" else "--batch-size"
+        """The error of a step that ran out of memory, with the task's advice on what to lower. The saved
+        state is untouched."""
         return MaclError(f"{self.stage} ran out of memory on {self.device} in step {global_step + 1}, with "
-                         f"--batch-size {self.config.batch_size} slices per step{views}; start again with a "
-                         f"smaller {smaller}")
+                         f"{{batch_size}} {self.config.batch_size} slices per step; {self.task.oom_hint}")
 
     def _report(self, state: TrainState, loss: float, started: float, steps_run: int,
                 metrics: Optional[Dict[str, float]] = None) -> None:

@@ -12,6 +12,7 @@ from ..config import from_dict, to_dict
 from ..data.augment import AugmentationConfig, augment_batch, draw_augmentation
 from ..data.dataset import SliceData
 from ..data.preprocessing import PreprocessingConfig
+from ..data.storage import SliceRequest, SliceStorage, training_slices
 from ..errors import ConfigError, PathLike
 from ..io.pairing import Case
 from ..losses.mlc import MLCLossConfig, mlc_loss
@@ -20,9 +21,8 @@ from ..models.unet import DEFAULT_CHANNELS, UNetConfig
 from ..models.variants import get_variant
 from .loop import LoopConfig, Trainer, cosine_lr, unwrap
 from ..runtime.progress import Reporter
-from ..runtime.processes import Processes, mean_over_processes, setup_processes
-from .session import (SliceStorage, TrainingSession, make_optimizer, prepare_model, seed_everything,
-                      training_slices)
+from ..runtime.processes import Processes, joined_processes, mean_over_processes
+from .session import TrainingSession, make_optimizer, prepare_model, seed_everything
 
 
 # Pretraining augments less than finetuning: with the finetuning's full-circle rotation the two views of a
@@ -75,6 +75,9 @@ def with_needed_heads(config: PretrainConfig) -> PretrainConfig:
 class PretrainTask:
     """Two augmented views per slice through both branches; the MLC loss over the (global) batch."""
 
+    oom_hint = ("each slice is two augmented views: start again with a smaller {batch_size} or {size} "
+                "(or a larger {spacing})")
+
     def __init__(self, model: torch.nn.Module, data: SliceData, config: PretrainConfig, procs: Processes) -> None:
         self.model, self.data, self.config, self.procs = model, data, config, procs
         self.scale = 2 ** config.network.decoder_depth
@@ -125,7 +128,6 @@ def pretrain(cases: Sequence[Case], output: PathLike, config: PretrainConfig = P
 
     Returns a summary with the output path and the per-epoch history of the loss and its terms.
     """
-    reporter = reporter or Reporter()
     output = os.fspath(output)
     storage = storage or SliceStorage()
     sources_given = bool(cases)
@@ -135,14 +137,16 @@ def pretrain(cases: Sequence[Case], output: PathLike, config: PretrainConfig = P
         from ..data.cache import cached_cases
 
         cases = cached_cases(storage.cache_dir)
-    procs, device_ = setup_processes(device)
-    with TrainingSession(output, "pretrain", procs, resume, stop_file) as session:
+    with joined_processes(device) as (procs, device_), \
+            TrainingSession(output, "pretrain", procs, resume, stop_file) as session:
+        reporter = procs.reporter(reporter or Reporter())
         session.check_cases(cases)
         config = from_dict(PretrainConfig, session.state["config"]) if session.state else with_needed_heads(config)
         seed_everything(config.loop.seed)
         saved_plan = from_dict(PreprocessingConfig, session.state["preprocessing"]) if session.state else None
-        data, plan = training_slices(cases, None, reporter, session, device_, storage, plan=saved_plan,
-                                     spacing=config.spacing, size=config.size, sources_given=sources_given)
+        request = SliceRequest(cases, plan=saved_plan, requested=(config.spacing, config.size),
+                               sources_given=sources_given, default_cache=session.default_cache)
+        data, plan = training_slices(request, storage, device_, procs, reporter, session.check_stop)
         reporter.message(f"pretraining ({config.variant}) on {len(cases)} volumes, {len(data)} slices, "
                          f"{procs.world_size} process(es) x {config.loop.batch_size} slices per step")
         unet = UNetConfig(channels=tuple(config.channels))
