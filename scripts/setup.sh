@@ -53,5 +53,8 @@ extras=""
 pip install -e "./MACLCore$extras"
 if [ $with_tests = 1 ]; then
     pip install "slicer-core>=5.8"
+    # The Slicer module's tests: psutil (Slicer ships it; cancel ends a job's whole process tree with it) and
+    # Qt offscreen (PySide6) for the widget behaviour; tests needing either skip where it is absent.
+    pip install "psutil>=5.9" "PySide6-Essentials>=6.5"
 fi
 "$venv/bin/python" -c "import torch, maclcore; print(f'setup: maclcore {maclcore.__version__}, torch {torch.__version__}, cuda={torch.cuda.is_available()}')"

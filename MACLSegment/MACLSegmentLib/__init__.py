@@ -5,9 +5,11 @@ no ``qt``/``ctk`` imports, and no third-party imports at file scope other than `
 (``torch`` and ``maclcore`` are imported inside functions, after the dependency check).
 
 Modules: ``logic`` (the actions), ``jobs`` and ``progress`` (the background process), ``scene_io``
-(scene <-> files), ``schema`` (label schemas and annotation checks), ``options``, ``parameters``
-(the saved settings), ``dependencies`` (torch/MACLCore check and install), ``selftests`` and
-``testsupport`` (the self-test bodies shared by Slicer and pytest). Import them directly, e.g.
+(scene <-> files), ``sequences`` (cine volume sequences), ``schema`` (label schemas and annotation checks),
+``terminology`` (SNOMED CT codes of the cardiac labels), ``options``, ``parameters`` (the saved settings),
+``controller`` (the Widget's behaviour without Qt), ``reloading`` (Reload and Test), ``dependencies``
+(torch/MACLCore check, install and upgrade), ``selftests`` and ``testsupport`` (the self-test bodies shared
+by Slicer and pytest). Import them directly, e.g.
 ``from MACLSegmentLib.logic import CoreLogic``; this file imports nothing, so that the MRML-free parts
 (jobs, progress, options) load without Slicer.
 """

@@ -166,10 +166,29 @@ class HumanInTheLoopLogic:
             init, output = currentModel, nextModelPath(currentModel)
         else:
             init, output = pretrainedModel, outputPath
-        pairs = self.annotationPairs(self.annotationNodes())
+        pairs, skipped = self.paintedAnnotationPairs()
         if not pairs:
-            raise InputError("Accept correction: no annotated cases; load a suggestion or create an annotation")
-        return self.finetune(pairs, init, output, options, schema)
+            detail = f" ({', '.join(skipped)} not painted yet)" if skipped else ""
+            raise InputError("Accept correction: no annotated cases" + detail + "; load a suggestion or create "
+                             "and paint an annotation")
+        job = self.finetune(pairs, init, output, options, schema)
+        job.skippedAnnotations = skipped
+        if skipped:
+            job.logLines.append("Left out (nothing painted yet): " + ", ".join(skipped))
+        return job
+
+    def paintedAnnotationPairs(self) -> Tuple[List[Tuple[Any, Any]], List[str]]:
+        """(volume, annotation) of every annotation with something painted, and the names of those left out
+        because nothing is painted in them yet (an annotation just created must not block an update; a
+        partly painted one still stops it, naming its empty segment)."""
+        segmentations = self.segmentationsLogic()
+        pairs, skipped = [], []
+        for volume, node in self.annotationPairs(self.annotationNodes()):
+            if scene_io.isUnpainted(node, volume, segmentations):
+                skipped.append(node.GetName())
+            else:
+                pairs.append((volume, node))
+        return pairs, skipped
 
     # -- history -------------------------------------------------------------------------------------------
     @staticmethod

@@ -2,11 +2,14 @@
 
 The process prints JSON progress lines on stdout (``--progress json``). Two reader threads move its
 stdout and stderr lines into a queue, so ``poll()`` (called from a GUI timer or a script loop) never
-blocks. Cancelling creates the job's stop file, the portable request MACLCore honours after the current
-step; a process that has not exited after a grace period is terminated, then killed.
+blocks and never joins a thread. Cancelling creates the job's stop file, the portable request MACLCore
+honours after the current step; a process that has not exited after a grace period is terminated, then
+killed, together with every process it started: Slicer's ``PythonSlicer`` is a launcher whose real
+interpreter is its child (and holds the pipes), so ending the launcher alone leaves the work running.
+The process tree is found with ``psutil`` (shipped with Slicer); without it, the process group (POSIX)
+or ``taskkill /T`` (Windows).
 """
 
-import collections
 import logging
 import os
 import queue
@@ -15,13 +18,13 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .errors import JobCancelled, JobError
 from .progress import JobProgress
 
 EXIT_INTERRUPTED = 130
-STDERR_LINES = 200
+PIPE_GRACE = 5.0  # seconds after the process exits to wait (without blocking) for its children to close the pipes
 
 
 class BackgroundJob:
@@ -35,11 +38,14 @@ class BackgroundJob:
         cleanupFolder: a temporary folder removed when the job is finished (whatever the outcome).
         environment: variables added to the process's environment.
         cancelGrace: seconds to wait after the stop file before terminating, and again before killing.
+        stderrSink: called with each stderr line as it arrives (default: ``logging.info``, which Slicer shows in
+            its Python console); every line is also kept in ``stderrLines`` and ``logLines``.
     """
 
     def __init__(self, name: str, command: Sequence[str], stopFile: Optional[str] = None,
                  finisher: Optional[Callable[["BackgroundJob"], Any]] = None, cleanupFolder: Optional[str] = None,
-                 environment: Optional[Dict[str, str]] = None, cancelGrace: float = 15.0) -> None:
+                 environment: Optional[Dict[str, str]] = None, cancelGrace: float = 15.0,
+                 stderrSink: Optional[Callable[[str], None]] = None) -> None:
         self.name = name
         self.command = [str(part) for part in command]
         self.stopFile = stopFile
@@ -48,13 +54,18 @@ class BackgroundJob:
         self.environment = dict(environment or {})
         self.cancelGrace = cancelGrace
         self.progress = JobProgress()
-        self.stderrLines: Deque[str] = collections.deque(maxlen=STDERR_LINES)
+        self.stderrSink = stderrSink or (lambda line: logging.info("maclcore: %s", line))
+        self.stderrLines: List[str] = []  # every line: a long run's log is not cut short
+        self.logLines: List[str] = []  # messages and stderr lines in arrival order, for the module's job log
         self.startTime: Optional[float] = None
         self._process: Optional[subprocess.Popen] = None
         self._lines: "queue.Queue[tuple]" = queue.Queue()
         self._readers: List[threading.Thread] = []
         self._cancelledAt: Optional[float] = None
         self._escalation = 0
+        self._exitedAt: Optional[float] = None
+        self._done = False
+        self._tree: List[Any] = []  # psutil.Process objects of the process and its descendants seen so far
         self._finished = False
         self._result: Any = None
         self._failure: Optional[JobError] = None
@@ -105,7 +116,8 @@ class BackgroundJob:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.returncode is None
+        """True until the process exited and its output is read (or its children were given up on)."""
+        return self._process is not None and not self._done
 
     @property
     def cancelRequested(self) -> bool:
@@ -117,7 +129,7 @@ class BackgroundJob:
         code = self.returncode
         if self._process is None:
             return "new"
-        if code is None:
+        if code is None or not self._done:
             return "running"
         if code == 0:
             return "succeeded"
@@ -129,14 +141,24 @@ class BackgroundJob:
         """Read what the process has printed and check whether it exited; True while it runs."""
         if self._process is None:
             return False
+        if self._done:
+            self._drain()
+            return False
+        now = time.monotonic()
         exited = self._process.poll() is not None
-        if exited:
-            for reader in self._readers:
-                reader.join(timeout=5)
+        if exited and self._exitedAt is None:
+            self._exitedAt = now
+        pipesOpen = any(reader.is_alive() for reader in self._readers)
+        if exited and pipesOpen and self._cancelledAt is not None:
+            self._signal(terminate=False)  # a child of the launcher still holds the pipes: end it
         self._drain()
+        if exited and (not pipesOpen or now - self._exitedAt > PIPE_GRACE):
+            self._done = True
+            self._drain()
+            return False
         if not exited and self._cancelledAt is not None:
             self._escalateCancel()
-        return not exited
+        return True
 
     def _drain(self) -> None:
         while True:
@@ -145,17 +167,31 @@ class BackgroundJob:
             except queue.Empty:
                 return
             if tag == "out":
+                before = len(self.progress.messages)
                 self.progress.update(line)
+                self.logLines.extend(self.progress.messages[before:])
             elif line.strip():
-                self.stderrLines.append(line.rstrip())
+                text = line.rstrip()
+                self.stderrLines.append(text)
+                self.logLines.append(text)
+                try:
+                    self.stderrSink(text)
+                except Exception:  # a broken sink must not stop the job being read
+                    pass
 
-    def wait(self, timeout: Optional[float] = None, interval: float = 0.1) -> Optional[int]:
-        """Poll until the process exits or ``timeout`` seconds pass; returns the exit code (None: running)."""
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.1,
+             idle: Optional[Callable[[float], None]] = None) -> Optional[int]:
+        """Poll until the process exits or ``timeout`` seconds pass; returns the exit code (None: running).
+
+        ``idle(seconds)`` passes the time between polls (default ``time.sleep``); inside Slicer pass one that
+        processes the application's events, so that a script or self-test waiting here does not freeze the GUI.
+        """
+        idle = idle or time.sleep
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll():
             if deadline is not None and time.monotonic() >= deadline:
                 return None
-            time.sleep(interval)
+            idle(interval)
         return self.returncode
 
     # -- cancelling ----------------------------------------------------------------------------------------
@@ -164,6 +200,7 @@ class BackgroundJob:
         if not self.running or self._cancelledAt is not None:
             return
         self._cancelledAt = time.monotonic()
+        self._processTree()  # remember the launcher's children now: they outlive it if it exits first
         if self.stopFile:
             try:
                 with open(self.stopFile, "w") as handle:
@@ -183,18 +220,60 @@ class BackgroundJob:
             self._escalation = 2
             self._signal(terminate=False)
 
-    def _signal(self, terminate: bool) -> None:
+    def _processTree(self) -> Optional[List[Any]]:
+        """The process and every descendant seen so far (psutil), remembered so that children orphaned by the
+        launcher's exit are still found; None without psutil."""
+        try:
+            import psutil
+        except ImportError:
+            return None
         process = self._process
-        if process is None or process.poll() is not None:
+        if not self._tree:
+            try:
+                self._tree = [psutil.Process(process.pid)]
+            except psutil.Error:
+                return []
+        known = {p.pid: p for p in self._tree}
+        for parent in list(self._tree):
+            try:
+                for child in parent.children(recursive=True):
+                    known.setdefault(child.pid, child)
+            except psutil.Error:
+                pass
+        self._tree = list(known.values())
+        alive = []
+        for member in self._tree:
+            try:
+                if member.is_running() and member.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(member)
+            except psutil.Error:
+                pass
+        return alive
+
+    def _signal(self, terminate: bool) -> None:
+        """Terminate (or kill) the process and all its descendants."""
+        process = self._process
+        if process is None:
+            return
+        tree = self._processTree()
+        if tree is not None:
+            import psutil
+
+            for member in reversed(tree):  # children first, so none is restarted by its parent
+                try:
+                    member.terminate() if terminate else member.kill()
+                except psutil.Error:
+                    pass
+            return
+        if process.poll() is not None and os.name == "nt":
             return
         try:
             if os.name != "nt":
                 os.killpg(process.pid, signal.SIGTERM if terminate else signal.SIGKILL)
-            elif terminate:
-                process.terminate()
             else:
-                process.kill()
-        except (ProcessLookupError, PermissionError):
+                subprocess.run(["taskkill", "/PID", str(process.pid), "/T"] + ([] if terminate else ["/F"]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        except (ProcessLookupError, PermissionError, OSError, subprocess.SubprocessError):
             pass
 
     # -- outcome -------------------------------------------------------------------------------------------
@@ -253,12 +332,13 @@ class BackgroundJob:
             shutil.rmtree(self.cleanupFolder, ignore_errors=True)
 
 
-def runToCompletion(job: BackgroundJob, timeout: Optional[float] = None, interval: float = 0.1) -> Any:
+def runToCompletion(job: BackgroundJob, timeout: Optional[float] = None, interval: float = 0.1,
+                    idle: Optional[Callable[[float], None]] = None) -> Any:
     """Start ``job`` if needed, wait for it (cancelling it after ``timeout`` seconds) and return its result."""
     if not job.started:
         job.start()
-    if job.wait(timeout, interval) is None:
+    if job.wait(timeout, interval, idle) is None:
         job.cancel()
-        job.wait(3 * job.cancelGrace, interval)
+        job.wait(3 * job.cancelGrace, interval, idle)
         raise JobError(f"{job.name} did not finish within {timeout:.0f} s and was cancelled")
     return job.finish()

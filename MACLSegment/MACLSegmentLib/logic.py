@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import slicer
 
-from . import dependencies, scene_io
+from . import dependencies, scene_io, sequences
+from .terminology import applyTerminology
 from .errors import InputError, JobError
 from .humanloop import ANNOTATION_ATTRIBUTE, HumanInTheLoopLogic, caseName
 from .jobs import BackgroundJob, runToCompletion
@@ -49,10 +50,14 @@ class CoreLogic(HumanInTheLoopLogic):
         pythonExecutable: Python that runs ``maclcore`` (default: :func:`defaultPythonExecutable`).
         temporaryFolder: where job folders are made (default: the system's temporary folder).
         environment: extra environment variables for the background processes.
+        idle: passes the time while :meth:`runToCompletion` waits (default ``time.sleep``; in Slicer one that
+            processes events).
     """
 
     def __init__(self, scene: Any = None, applicationLogic: Any = None, pythonExecutable: Optional[str] = None,
-                 temporaryFolder: Optional[str] = None, environment: Optional[Dict[str, str]] = None) -> None:
+                 temporaryFolder: Optional[str] = None, environment: Optional[Dict[str, str]] = None,
+                 idle: Optional[Callable[[float], None]] = None) -> None:
+        self.idle = idle
         self._scene = scene
         self._applicationLogic = applicationLogic
         self._pythonExecutable = pythonExecutable
@@ -102,15 +107,38 @@ class CoreLogic(HumanInTheLoopLogic):
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
-    @staticmethod
-    def runToCompletion(job: BackgroundJob, timeout: Optional[float] = None) -> Any:
-        """Wait for a job (blocking; for scripts and tests) and return its result."""
-        return runToCompletion(job, timeout)
+    def runToCompletion(self, job: BackgroundJob, timeout: Optional[float] = None) -> Any:
+        """Wait for a job (for scripts and tests; between polls ``idle`` runs) and return its result."""
+        return runToCompletion(job, timeout, idle=getattr(self, "idle", None))
 
     # -- setup -------------------------------------------------------------------------------------------
     @staticmethod
     def checkDependencies(queryGpus: bool = True) -> dependencies.DependencyStatus:
         return dependencies.checkDependencies(queryGpus)
+
+    def probeGpus(self) -> BackgroundJob:
+        """The usable GPUs, found by a background process: importing torch and initialising CUDA take seconds,
+        which must not freeze the GUI when the module opens. Result: ``dependencies.usableGpus()``'s list."""
+        import json
+
+        library = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (f"import json, sys; sys.path.insert(0, {library!r}); "
+                "from MACLSegmentLib.dependencies import usableGpus; print(json.dumps(usableGpus()))")
+        folder = self._jobFolder()
+
+        def read(job: BackgroundJob) -> List[str]:
+            for line in reversed(job.progress.messages):
+                try:
+                    found = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(found, list):
+                    return [str(name) for name in found]
+            raise JobError("the GPU check printed no result")
+
+        job = BackgroundJob("GPU check", [self.pythonExecutable, "-c", code], finisher=read, cleanupFolder=folder,
+                            environment=self.environment, stderrSink=lambda line: None)
+        return job.start()
 
     @staticmethod
     def installDependencies(confirm: Callable[[str], bool], installTorch: Callable[[], None],
@@ -133,6 +161,7 @@ class CoreLogic(HumanInTheLoopLogic):
     def pretrainInputSummary(self, volumeNodes: Sequence[Any], folder: Optional[str]) -> Tuple[int, int]:
         """(number of volumes, total bytes): scene volumes by their voxel data, folder files by file size."""
         files = self.folderVolumes(folder)
+        volumeNodes = sequences.expandFrames(volumeNodes)
         size = sum(scene_io.volumeBytes(node) for node in volumeNodes) + sum(os.path.getsize(f) for f in files)
         return len(volumeNodes) + len(files), size
 
@@ -140,7 +169,7 @@ class CoreLogic(HumanInTheLoopLogic):
                  options: Optional[PretrainOptions] = None) -> BackgroundJob:
         """Self-supervised pretraining on scene volumes and/or a folder's volumes; result: the model file."""
         options = options or PretrainOptions()
-        volumeNodes = [node for node in volumeNodes if node is not None]
+        volumeNodes = sequences.expandFrames(volumeNodes)  # a cine sequence: every frame
         files = self.folderVolumes(folder)
         if not volumeNodes and not files:
             raise InputError("Pretrain: no volumes; select volumes in the scene or a folder that holds volumes")
@@ -178,6 +207,7 @@ class CoreLogic(HumanInTheLoopLogic):
         node = scene_io.createSchemaSegmentation(self.scene, volumeNode, schema,
                                                  volumeNode.GetName() + ANNOTATION_SUFFIX)
         node.SetAttribute(ANNOTATION_ATTRIBUTE, "1")
+        applyTerminology(node)
         return node
 
     @staticmethod
@@ -228,11 +258,12 @@ class CoreLogic(HumanInTheLoopLogic):
 
     # -- segment -----------------------------------------------------------------------------------------
     def segment(self, volumeNode: Any, modelPath: str, options: Optional[SegmentOptions] = None,
-                name: Optional[str] = None, annotation: bool = False) -> BackgroundJob:
+                name: Optional[str] = None, annotation: bool = False, show3D: bool = False) -> BackgroundJob:
         """Segment a volume; the job's result is a NEW segmentation node with the model's named segments.
 
         ``name``: the node's name (default: the volume's name + " MACL segmentation"); ``annotation``: mark the
-        node as the volume's annotation (a prediction to correct, then train on).
+        node as the volume's annotation (a prediction to correct, then train on); ``show3D``: also make the
+        closed-surface representation, so the result shows in the 3D view.
         """
         options = options or SegmentOptions()
         if volumeNode is None:
@@ -252,9 +283,67 @@ class CoreLogic(HumanInTheLoopLogic):
             node = scene_io.loadSegmentation(result, volumeNode, name or volumeNode.GetName() + RESULT_SUFFIX,
                                              self.segmentationsLogic())
             node.SetAttribute(MODEL_ATTRIBUTE, os.path.abspath(modelPath))
+            applyTerminology(node)
+            if show3D:
+                node.CreateClosedSurfaceRepresentation()
             if annotation:
                 node.SetAttribute(ANNOTATION_ATTRIBUTE, "1")
             return node
+
+        return self._startJob("Segmentation", "predict", arguments, jobFolder, stoppable=False, finisher=load)
+
+    def segmentSequence(self, sequenceNode: Any, modelPath: str, options: Optional[SegmentOptions] = None,
+                        frames: Optional[Sequence[int]] = None, name: Optional[str] = None) -> BackgroundJob:
+        """Segment the chosen frames (0-based; default: all) of a volume sequence (cine MRI) in one job.
+
+        The result is a NEW segmentation sequence (``vtkMRMLSequenceNode``) with the same index (name, unit,
+        values) as the frames segmented, one segmentation per frame on that frame's grid; when a browser plays
+        the volume sequence, the result is added to it, so it plays along.
+        """
+        if sequenceNode is None or not sequences.isVolumeSequence(sequenceNode):
+            raise InputError("Segment: choose a sequence of volumes (cine MRI)")
+        if not modelPath:
+            raise InputError("Segment: no model file selected")
+        if not os.path.isfile(modelPath):
+            raise InputError(f"{modelPath}: model file does not exist")
+        chosen = sequences.frames(sequenceNode, frames)
+        jobFolder = self._jobFolder()
+        images = [scene_io.writeVolume(volume, os.path.join(jobFolder, "images", f"frame{number:04d}.nrrd"))
+                  for number, _, volume in chosen]
+        results = os.path.join(jobFolder, "results")
+        if len(images) == 1:
+            outputs = [os.path.join(results, "frame.seg.nrrd")]
+            out = ["--out", outputs[0]]
+        else:
+            from maclcore.io.naming import SEG_EXTENSION, case_name
+
+            outputs = [os.path.join(results, case_name(image) + SEG_EXTENSION) for image in images]
+            out = ["--out", results, "--format", SEG_EXTENSION.lstrip(".")]
+        os.makedirs(results, exist_ok=True)
+        arguments = ["--model", modelPath, "--image", *images, *out, *(options or SegmentOptions()).arguments()]
+        baseName = name or sequenceNode.GetName() + RESULT_SUFFIX
+
+        def load(job: BackgroundJob) -> Any:
+            scene = self.scene
+            result = scene.AddNewNodeByClass("vtkMRMLSequenceNode", scene.GenerateUniqueName(baseName))
+            result.SetIndexName(sequenceNode.GetIndexName())
+            result.SetIndexUnit(sequenceNode.GetIndexUnit())
+            result.SetIndexType(sequenceNode.GetIndexType())
+            result.SetAttribute(MODEL_ATTRIBUTE, os.path.abspath(modelPath))
+            unit = sequenceNode.GetIndexUnit()
+            for (number, value, volume), path in zip(chosen, outputs):
+                frame = scene_io.loadSegmentation(path, volume, f"{baseName} [{value}{unit}]",
+                                                  self.segmentationsLogic())
+                applyTerminology(frame)
+                result.SetDataNodeAtValue(frame, value)  # the sequence keeps its own copy
+                display = frame.GetDisplayNode()
+                scene.RemoveNode(frame)
+                if display is not None:
+                    scene.RemoveNode(display)
+            browser = sequences.browserOf(scene, sequenceNode)
+            if browser is not None:
+                browser.AddSynchronizedSequenceNode(result)
+            return result
 
         return self._startJob("Segmentation", "predict", arguments, jobFolder, stoppable=False, finisher=load)
 

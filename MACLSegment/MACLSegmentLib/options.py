@@ -1,4 +1,8 @@
-"""Settings of the module's jobs, as frozen dataclasses that turn into ``maclcore`` options."""
+"""Settings of the module's jobs, as frozen dataclasses that turn into ``maclcore`` options.
+
+Every setting is optional: None means "not set by the user", and an unset setting is not passed, so that
+MACLCore's own default applies. The engine's defaults live in the engine only (its ``--help`` states them).
+"""
 
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -6,6 +10,22 @@ from typing import List, Optional, Tuple
 from .errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")
+# Slices per forward pass of Segment and Suggest; None: MACLCore's default (halved there when memory runs out).
+INFERENCE_BATCH_SIZE: Optional[int] = None
+
+
+def optionalCount(value: Optional[int]) -> Optional[int]:
+    """A spin box value where 0 (shown as "default") means not set."""
+    return None if value is None or int(value) <= 0 else int(value)
+
+
+def _given(*pairs: Tuple[str, object]) -> List[str]:
+    """``--option value`` for each value that is set."""
+    args: List[str] = []
+    for option, value in pairs:
+        if value is not None:
+            args += [option, str(value)]
+    return args
 
 
 def _checkDevice(device: str) -> None:
@@ -23,16 +43,16 @@ class PretrainOptions:
     """Self-supervised pretraining on unlabelled volumes.
 
     Args:
-        epochs: passes over the slices.
-        batchSize: slices per step and GPU.
+        epochs: passes over the slices (None: MACLCore's default).
+        batchSize: slices per step and GPU (None: MACLCore's default).
         device: auto (CUDA when present), cpu, cuda or cuda:N.
         gpus: number of GPUs; more than one launches the same job under torchrun, one process per GPU.
         resume: continue the interrupted run whose state lies beside the output (``MODEL.resume.pt``).
         extraArgs: further ``maclcore pretrain`` options, passed as given.
     """
 
-    epochs: int = 100
-    batchSize: int = 16
+    epochs: Optional[int] = None
+    batchSize: Optional[int] = None
     device: str = "auto"
     gpus: int = 1
     resume: bool = False
@@ -48,7 +68,7 @@ class PretrainOptions:
 
     def arguments(self) -> List[str]:
         device = "cuda" if self.gpus > 1 else self.device
-        args = ["--epochs", str(self.epochs), "--batch-size", str(self.batchSize), "--device", device]
+        args = _given(("--epochs", self.epochs), ("--batch-size", self.batchSize)) + ["--device", device]
         return args + (["--resume"] if self.resume else []) + list(self.extraArgs)
 
 
@@ -57,8 +77,8 @@ class FinetuneOptions:
     """Supervised finetuning on annotated cases.
 
     Args:
-        epochs: passes over the training slices.
-        batchSize: slices per step.
+        epochs: passes over the training slices (None: MACLCore's default).
+        batchSize: slices per step (None: MACLCore's default).
         device: auto, cpu, cuda or cuda:N.
         stepsPerEpoch: steps per epoch (None: one pass over the slices).
         spacing, size, channels: preprocessing and network width (None: MACLCore derives them).
@@ -67,8 +87,8 @@ class FinetuneOptions:
         extraArgs: further ``maclcore finetune`` options, passed as given.
     """
 
-    epochs: int = 100
-    batchSize: int = 8
+    epochs: Optional[int] = None
+    batchSize: Optional[int] = None
     device: str = "auto"
     stepsPerEpoch: Optional[int] = None
     spacing: Optional[float] = None
@@ -86,12 +106,9 @@ class FinetuneOptions:
         _checkDevice(self.device)
 
     def arguments(self) -> List[str]:
-        args = ["--epochs", str(self.epochs), "--batch-size", str(self.batchSize), "--device", self.device]
-        optional = (("--steps-per-epoch", self.stepsPerEpoch), ("--spacing", self.spacing), ("--size", self.size),
-                    ("--seed", self.seed))
-        for option, value in optional:
-            if value is not None:
-                args += [option, str(value)]
+        args = _given(("--epochs", self.epochs), ("--batch-size", self.batchSize)) + ["--device", self.device]
+        args += _given(("--steps-per-epoch", self.stepsPerEpoch), ("--spacing", self.spacing), ("--size", self.size),
+                       ("--seed", self.seed))
         if self.channels:
             args += ["--channels", ",".join(str(c) for c in self.channels)]
         if self.resume:
@@ -105,18 +122,18 @@ class SegmentOptions:
 
     Args:
         device: auto, cpu, cuda or cuda:N.
-        batchSize: slices per forward pass (halved automatically by MACLCore when memory runs out).
+        batchSize: slices per forward pass (None: MACLCore's default, halved there when memory runs out).
     """
 
     device: str = "auto"
-    batchSize: int = 16
+    batchSize: Optional[int] = INFERENCE_BATCH_SIZE
 
     def __post_init__(self) -> None:
         _checkPositive("Batch size", self.batchSize)
         _checkDevice(self.device)
 
     def arguments(self) -> List[str]:
-        return ["--device", self.device, "--batch-size", str(self.batchSize)]
+        return ["--device", self.device] + _given(("--batch-size", self.batchSize))
 
 
 @dataclass(frozen=True)
@@ -125,19 +142,19 @@ class SuggestOptions:
 
     Args:
         device: auto, cpu, cuda or cuda:N.
-        rotations: test-time rotations (1, 2 or 4 quarter turns averaged; more is steadier and slower).
-        batchSize: slices per forward pass.
+        rotations: test-time rotations (1, 2 or 4 quarter turns averaged; None: MACLCore's default).
+        batchSize: slices per forward pass (None: MACLCore's default).
     """
 
     device: str = "auto"
-    rotations: int = 4
-    batchSize: int = 16
+    rotations: Optional[int] = None
+    batchSize: Optional[int] = INFERENCE_BATCH_SIZE
 
     def __post_init__(self) -> None:
         _checkPositive("Batch size", self.batchSize)
         _checkDevice(self.device)
-        if self.rotations not in (1, 2, 4):
+        if self.rotations not in (None, 1, 2, 4):
             raise InputError(f"Rotations must be 1, 2 or 4, got {self.rotations}")
 
     def arguments(self) -> List[str]:
-        return ["--device", self.device, "--rotations", str(self.rotations), "--batch-size", str(self.batchSize)]
+        return ["--device", self.device] + _given(("--rotations", self.rotations), ("--batch-size", self.batchSize))

@@ -8,7 +8,7 @@ as node references), so that scripts and the headless tests read and write the s
 
 import pathlib
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 MODULE_NAME = "MACLSegment"
 
@@ -27,16 +27,21 @@ FIELDS = (
     Field("device", "str", "auto"),
     Field("gpuCount", "int", 1),
     Field("pretrainFolder", "path", pathlib.Path()),
-    Field("pretrainEpochs", "int", 100),
-    Field("pretrainBatchSize", "int", 16),
+    Field("pretrainEpochs", "int", 0),  # 0: not set, MACLCore's default applies (options.optionalCount)
+    Field("pretrainBatchSize", "int", 0),
     Field("pretrainOutput", "path", pathlib.Path()),
     Field("schemaText", "str", ""),
     Field("finetunePretrained", "path", pathlib.Path()),
-    Field("finetuneEpochs", "int", 100),
+    Field("finetuneEpochs", "int", 0),
     Field("finetuneOutput", "path", pathlib.Path()),
     Field("segmentModel", "path", pathlib.Path()),
     Field("segmentVolume", "node", None, "vtkMRMLScalarVolumeNode"),
+    Field("segmentShow3D", "bool", False),
 )
+# The ticked nodes of the checkable selectors (not parameterNodeWrapper fields: it has no connector for
+# qMRMLCheckableNodeComboBox), kept as node references of these roles so that they are saved with the scene.
+CHECKED_NODE_ROLES = {"pretrainVolumes": "pretrainVolumesComboBox", "annotateVolumes": "annotateVolumesComboBox",
+                      "finetuneSegmentations": "finetuneSegmentationsComboBox"}
 FIELDS_BY_NAME = {field.name: field for field in FIELDS}
 
 
@@ -83,3 +88,22 @@ def readParameter(node: Any, name: str) -> Any:
 
 def readParameters(node: Any) -> Dict[str, Any]:
     return {field.name: readParameter(node, field.name) for field in FIELDS}
+
+
+def writeNodeList(node: Any, role: str, nodes: Any) -> None:
+    """Store ``nodes`` (in order) as the ``role`` references of the parameter node."""
+    ids = [n.GetID() for n in nodes if n is not None and n.GetID()]
+    current = [node.GetNthNodeReferenceID(role, i) for i in range(node.GetNumberOfNodeReferences(role))]
+    if ids == current:
+        return
+    wasModifying = node.StartModify()
+    node.RemoveNodeReferenceIDs(role)
+    for nodeId in ids:
+        node.AddNodeReferenceID(role, nodeId)
+    node.EndModify(wasModifying)
+
+
+def readNodeList(node: Any, role: str) -> List[Any]:
+    """The nodes stored by :func:`writeNodeList` that still exist."""
+    found = [node.GetNthNodeReference(role, i) for i in range(node.GetNumberOfNodeReferences(role))]
+    return [n for n in found if n is not None]

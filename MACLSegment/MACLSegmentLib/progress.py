@@ -4,7 +4,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-MAX_MESSAGES = 200
 
 
 def formatDuration(seconds: Optional[float]) -> str:
@@ -72,8 +71,7 @@ class JobProgress:
             handler(event)
 
     def _message(self, text: str) -> None:
-        self.messages.append(text)
-        del self.messages[:-MAX_MESSAGES]
+        self.messages.append(text)  # every message is kept: the job log shows a whole run
 
     def _on_stage(self, event: Dict[str, Any]) -> None:
         self.stage = str(event.get("stage") or "")

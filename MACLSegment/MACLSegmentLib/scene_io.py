@@ -64,6 +64,16 @@ def segmentMask(segmentationNode: Any, segmentId: str, referenceVolume: Any, seg
         scene.RemoveNode(labelMap)
 
 
+def isUnpainted(segmentationNode: Any, referenceVolume: Any, segmentationsLogic: Any) -> bool:
+    """True when no segment of the segmentation has a single voxel on the reference grid."""
+    segmentation = segmentationNode.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segmentId = segmentation.GetNthSegmentID(index)
+        if segmentMask(segmentationNode, segmentId, referenceVolume, segmentationsLogic).any():
+            return False
+    return True
+
+
 def exportLabelMap(segmentationNode: Any, segmentIds: Sequence[str], referenceVolume: Any,
                    segmentationsLogic: Any) -> Any:
     """Label map (uint8, k j i) on the reference grid: segment ``segmentIds[i]`` gets value ``i + 1``.

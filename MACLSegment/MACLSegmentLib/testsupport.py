@@ -1,6 +1,7 @@
 """What the self-tests stand on: their context, phantom data, a simulated annotator and result checks."""
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -27,11 +28,12 @@ class SelfTestContext:
     pythonExecutable: Optional[str] = None
     environment: Dict[str, str] = field(default_factory=lambda: dict(TEST_JOB_ENVIRONMENT))
     log: Callable[[str], None] = print
+    idle: Callable[[float], None] = time.sleep  # inside Slicer: process events while waiting for a job
 
     def logic(self) -> CoreLogic:
         return CoreLogic(scene=self.scene, applicationLogic=self.applicationLogic,
                          pythonExecutable=self.pythonExecutable, temporaryFolder=os.path.join(self.folder, "jobs"),
-                         environment=self.environment)
+                         environment=self.environment, idle=self.idle)
 
 
 def check(condition: bool, message: str) -> None:

@@ -10,7 +10,8 @@ import sys
 MODULE_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "MACLSegment"))
 MODULE_LOGICS = (("Colors", "vtkSlicerColorLogic"),  # must be named "Colors", or segmentation import fails
                  ("Volumes", "vtkSlicerVolumesLogic"),
-                 ("Segmentations", "vtkSlicerSegmentationsModuleLogic"))
+                 ("Segmentations", "vtkSlicerSegmentationsModuleLogic"),
+                 ("Sequences", "vtkSlicerSequencesLogic"))  # registers the sequence browser node
 
 
 def addModulePath() -> None:

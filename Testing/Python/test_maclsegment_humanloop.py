@@ -29,8 +29,8 @@ def test_case_names_are_file_safe_unique_and_never_a_channel_suffix():
 
 
 def test_suggest_options_and_descriptions():
-    assert SuggestOptions(device="cpu", rotations=2).arguments() == ["--device", "cpu", "--rotations", "2",
-                                                                      "--batch-size", "16"]
+    assert SuggestOptions(device="cpu", rotations=2).arguments() == ["--device", "cpu", "--rotations", "2"]
+    assert SuggestOptions().arguments() == ["--device", "auto"]
     with pytest.raises(InputError):
         SuggestOptions(rotations=3)
     text = Suggestion(rank=1, volumeNodeID="id", name="case A", uncertainty=1.5, diversity=0.25, score=0.375,

@@ -10,7 +10,7 @@ import pytest
 
 from MACLSegmentLib.errors import InputError, JobCancelled, JobError
 from MACLSegmentLib.jobs import EXIT_INTERRUPTED, BackgroundJob, runToCompletion
-from MACLSegmentLib.options import FinetuneOptions, PretrainOptions, SegmentOptions
+from MACLSegmentLib.options import FinetuneOptions, PretrainOptions, SegmentOptions, optionalCount
 from MACLSegmentLib.progress import JobProgress, formatDuration
 
 
@@ -135,11 +135,29 @@ def test_progress_description_and_durations():
 
 
 def test_options_become_maclcore_arguments():
-    assert FinetuneOptions(epochs=3, channels=(8, 16), resume=True).arguments() == [
+    # Only what the user set is passed: MACLCore's own defaults apply to the rest.
+    assert FinetuneOptions().arguments() == ["--device", "auto"]
+    assert PretrainOptions().arguments() == ["--device", "auto"]
+    assert SegmentOptions().arguments() == ["--device", "auto"]
+    assert FinetuneOptions(epochs=3, batchSize=8, channels=(8, 16), resume=True).arguments() == [
         "--epochs", "3", "--batch-size", "8", "--device", "auto", "--channels", "8,16", "--resume"]
+    assert PretrainOptions(epochs=5, batchSize=32).arguments() == ["--epochs", "5", "--batch-size", "32",
+                                                                   "--device", "auto"]
     assert PretrainOptions(gpus=2).arguments()[-2:] == ["--device", "cuda"]
-    assert SegmentOptions(device="cpu").arguments() == ["--device", "cpu", "--batch-size", "16"]
+    assert SegmentOptions(device="cpu", batchSize=4).arguments() == ["--device", "cpu", "--batch-size", "4"]
+    assert optionalCount(0) is None and optionalCount(None) is None and optionalCount(7) == 7
     for bad in (lambda: FinetuneOptions(epochs=0), lambda: SegmentOptions(device="gpu"),
                 lambda: PretrainOptions(gpus=2, device="cpu")):
         with pytest.raises(InputError):
             bad()
+
+
+def test_the_defaults_the_module_leaves_out_are_the_engines_own():
+    # What the module does not pass must be defaulted by the engine's parser (else the job would fail or differ).
+    pytest.importorskip("maclcore")
+    import subprocess
+
+    for command in (["predict"], ["suggest"], ["finetune"], ["pretrain"]):
+        text = subprocess.run([sys.executable, "-m", "maclcore", *command, "--help"], capture_output=True,
+                              text=True, timeout=120).stdout
+        assert "--batch-size" in text and "default" in text, command

@@ -38,3 +38,25 @@ def test_pretrain_from_scene_and_folder(selfTestContext):
     if not selftests.pretrainAvailable(selfTestContext):
         pytest.skip("this MACLCore has no 'maclcore pretrain' command yet")
     selftests.testPretrain(selfTestContext)
+
+
+def test_cine_sequence_segmented_frame_by_frame(selfTestContext):
+    selftests.testCineSequence(selfTestContext)
+
+
+def test_annotation_of_a_transformed_volume_lies_with_it_and_carries_terminology(selfTestContext):
+    from MACLSegmentLib import terminology
+    from MACLSegmentLib.schema import defaultSchema
+    from MACLSegmentLib.testsupport import loadPhantoms
+
+    (volume, _), = loadPhantoms(selfTestContext, (201,))
+    transform = selfTestContext.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "table shift")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    annotation = selfTestContext.logic().createAnnotation(volume, defaultSchema())
+    assert annotation.GetTransformNodeID() == transform.GetID()
+    segmentation = annotation.GetSegmentation()
+    entries = [terminology.segmentEntry(segmentation.GetNthSegment(i)) for i in range(3)]
+    assert [e.split("~")[2] for e in entries] == ["SCT^53085002^Right ventricle", "SCT^74281007^Myocardium",
+                                                   "SCT^87878005^Left ventricle"]
+    assert all(len(e.split("~")) == 7 for e in entries)
+    assert entries[1].split("~")[5] == "SCT^87878005^Left ventricle"  # myocardium of the left ventricle

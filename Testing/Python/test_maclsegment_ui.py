@@ -19,6 +19,7 @@ LIB = ROOT / "MACLSegment" / "MACLSegmentLib"
 # Name suffix -> classes such a control may have.
 SUFFIX_CLASSES = {
     "CollapsibleButton": {"ctkCollapsibleButton"},
+    "CheckBox": {"QCheckBox"},
     "Button": {"QPushButton", "QToolButton"},
     "CheckableComboBox": {"qMRMLCheckableNodeComboBox"},
     "ComboBox": {"QComboBox", "qMRMLCheckableNodeComboBox", "qMRMLNodeComboBox"},
@@ -78,21 +79,27 @@ def test_mrml_widgets_receive_the_scene(ui):
             assert name in receivers, f"{name} is not connected to the scene"
 
 
-def bound_parameters(ui):
+def bound_parameters(ui, property="SlicerParameterName"):
     bound = {}
     for widget in ui.iter("widget"):
         for prop in widget.findall("property"):
-            if prop.get("name") == "SlicerParameterName":
+            if prop.get("name") == property:
                 bound[prop.findtext("string")] = widget.get("class")
     return bound
 
 
 def test_ui_binds_every_parameter_to_a_connectable_widget(ui):
     bound = bound_parameters(ui)
-    assert set(bound) == set(parameters.FIELDS_BY_NAME)
+    synced = bound_parameters(ui, "MACLSegmentSyncedParameter")  # kept in step by MACLSegmentLib.controller
+    assert not set(bound) & set(synced)
+    assert set(bound) | set(synced) == set(parameters.FIELDS_BY_NAME)
     for name, cls in bound.items():
         kind = parameters.FIELDS_BY_NAME[name].kind
         assert cls in KIND_CLASSES[kind], f"{name} ({kind}) is bound to a {cls}"
+    # The wrapper's loops (QTextEdit rewritten per keystroke, ctkPathLineEdit never emptied) are avoided.
+    assert not [name for name, cls in bound.items() if cls in ("QTextEdit", "ctkPathLineEdit")]
+    for name, cls in synced.items():
+        assert cls == ("QTextEdit" if parameters.FIELDS_BY_NAME[name].kind == "str" else "ctkPathLineEdit"), name
 
 
 def wrapper_fields():
@@ -123,6 +130,12 @@ def test_parameter_node_wrapper_matches_the_qt_free_parameter_list():
 
 def test_module_file_compiles():
     compile(MODULE.read_text(encoding="utf-8"), str(MODULE), "exec")
+
+
+def test_module_is_python_3_9_syntax():
+    # Slicer 5.6 and 5.8 ship Python 3.9: no match statements, parenthesised context managers, etc.
+    for path in sorted((ROOT / "MACLSegment").rglob("*.py")):
+        ast.parse(path.read_text(encoding="utf-8"), str(path), feature_version=(3, 9))
 
 
 def test_lib_imports_no_qt_and_no_third_party_at_file_scope():
@@ -162,3 +175,30 @@ def test_icons_are_128_pixel_pngs():
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         assert (width, height) == (128, 128), path
+
+
+def test_volume_selectors_offer_no_label_maps(ui):
+    for widget in ui.iter("widget"):
+        types = [s.text for p in widget.findall("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
+        if "vtkMRMLScalarVolumeNode" in types:
+            shown = [p.findtext("bool") for p in widget.findall("property") if p.get("name") == "showChildNodeTypes"]
+            assert shown == ["false"], f"{widget.get('name')} offers label maps (child types of scalar volumes)"
+
+
+def test_category_is_translated_in_slicers_context():
+    assert 'categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]' in MODULE.read_text()
+
+
+def test_extensions_index_entry_and_packaging():
+    import json
+
+    entry = json.loads((ROOT / "MACLSegment.json").read_text(encoding="utf-8"))
+    allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_type",
+               "scm_url", "tier"}  # the catalog schema v1.0.1 allows no other keys
+    assert set(entry) <= allowed and {"$schema", "category", "scm_url"} <= set(entry)
+    assert entry["category"] == "Segmentation" and entry["build_dependencies"] == ["PyTorch"]
+    assert entry["scm_url"].rstrip("/").removesuffix(".git").split("/")[-1].startswith("Slicer")
+    cmake = (ROOT / "MACLSegment" / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert 'PATTERN "build" EXCLUDE' in cmake
+    readme = re.search(r'^readme = "([^"]+)"', (ROOT / "MACLCore" / "pyproject.toml").read_text(), re.MULTILINE)
+    assert (ROOT / "MACLCore" / readme.group(1)).is_file()
