@@ -34,6 +34,9 @@ class AugmentationConfig:
     gamma: Tuple[float, float] = (0.7, 1.5)  # intensity exponent range (1, 1: off)
     gain: Tuple[float, float] = (0.9, 1.1)  # intensity factor range (1, 1: off)
     enabled: bool = True
+    # Mirror each axis with probability 1/2 (short-axis slices come in either handedness). Off by default
+    # until measured in the engine's finetune; benchmarks/recipe_cpu.py uses it.
+    flip: bool = False
 
     def __post_init__(self) -> None:
         if self.rotation < 0 or self.translation < 0:
@@ -61,7 +64,12 @@ def random_affines(count: int, config: AugmentationConfig, generator: torch.Gene
     zoom = _log_uniform(draws[:, 1], config.scale)
     shift = (2 * draws[:, 2:] - 1) * (2 * config.translation)  # normalised coords span 2 per image size
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    if config.flip:  # drawn after the affine, so runs without flips draw exactly what they drew before
+        signs = torch.where(torch.rand(count, 2, generator=generator, device=generator.device).to(device) < 0.5,
+                            -1.0, 1.0)
+        theta = torch.cat([theta[:, :, :2] * signs[:, None, :], theta[:, :, 2:]], 2)
+    return theta
 
 
 def warp(batch: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear",

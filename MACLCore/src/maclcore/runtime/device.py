@@ -28,9 +28,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool) -> Any:
-    """bf16 autocast on CUDA (fp32 master weights, no loss scaling needed); a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA and on the CPU (fp32 master weights, no loss scaling needed); a no-op elsewhere.
+
+    On the CPU, bf16 (with channels_last) made a U-Net training step 2.3-3.4x faster on a 2-core AMX-BF16
+    Xeon (benchmarks/bench_cpu_precision.py, results/cpu_precision_cpu.json)."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -1,0 +1,102 @@
+"""Does bf16 autocast and/or channels_last speed up a U-Net training step on this CPU?
+
+Times a full finetuning step (forward, cross-entropy + Dice loss, backward, Adam step; fp32 master weights)
+of ``maclcore.models.unet.UNet`` for each (widths, slice size) under four settings: fp32 NCHW (the old CPU
+default), fp32 channels_last, bf16 autocast NCHW, bf16 autocast channels_last. Reports the median step time
+over ``--steps`` steps after ``--warmup`` and each setting's speed-up over fp32 NCHW.
+
+    python benchmarks/bench_cpu_precision.py                       # 16-256 and 32-512, 128^2 and 256^2, batch 8
+    python benchmarks/bench_cpu_precision.py --steps 3 --sizes 128
+
+Results go to benchmarks/results/cpu_precision_<device>.json (device name, versions and settings included).
+No timings are asserted anywhere: the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from maclcore.losses.segmentation import segmentation_loss
+from maclcore.models.unet import UNet, UNetConfig
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+WIDTHS = {"16-256": (16, 32, 64, 128, 256), "32-512": (32, 64, 128, 256, 512)}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def time_steps(widths, size: int, batch: int, bf16: bool, channels_last: bool, steps: int, warmup: int) -> float:
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(num_classes=4, channels=widths))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images = torch.rand(batch, 1, size, size)
+    labels = torch.randint(0, 4, (batch, size, size))
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    times = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with context:
+            loss = segmentation_loss(model(images), labels, 1.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", nargs="+", default=list(WIDTHS), choices=list(WIDTHS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    device = cpu_name()
+    rows = []
+    for name in args.widths:
+        for size in args.sizes:
+            row = {"widths": name, "size": size, "batch_size": args.batch_size}
+            for label, bf16, cl in (("fp32", False, False), ("fp32_channels_last", False, True),
+                                    ("bf16", True, False), ("bf16_channels_last", True, True)):
+                row[f"{label}_s"] = round(time_steps(WIDTHS[name], size, args.batch_size, bf16, cl,
+                                                     args.steps, args.warmup), 4)
+            for label in ("fp32_channels_last", "bf16", "bf16_channels_last"):
+                row[f"speedup_{label}"] = round(row["fp32_s"] / row[f"{label}_s"], 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    result = {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "steps": args.steps, "warmup": args.warmup, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "rows": rows}
+    os.makedirs(RESULTS, exist_ok=True)
+    output = args.output or os.path.join(RESULTS, "cpu_precision_cpu.json")
+    with open(output, "w") as handle:
+        json.dump(result, handle, indent=1)
+    print(f"device: {device}; wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
