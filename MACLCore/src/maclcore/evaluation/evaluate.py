@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from typing import Any, Dict, Optional
 
 from ..errors import InputError, PathLike
-from ..io.atomic import write_text_atomic
+from ..io.atomic import write_json
+from ..io.guard import refuse_overwriting_inputs
 from ..io.pairing import pair_cases
 from ..io.segmentation import LABEL_EXTENSIONS, read_label_map
 from ..io.volume import read_geometry
@@ -26,6 +27,7 @@ def evaluate_folders(predictions: PathLike, labels: PathLike, schema: LabelSchem
     ``CASE.seg.nrrd``); both must lie on the same grid.
     """
     reporter = reporter or Reporter()
+    refuse_overwriting_inputs([("json_path", json_path)], [("pred", predictions), ("labels", labels)])  # first
     pairs = pair_cases(predictions, labels, image_extensions=LABEL_EXTENSIONS)
     reporter.stage("evaluate", len(pairs))
     cases: Dict[str, Any] = {}
@@ -43,10 +45,26 @@ def evaluate_folders(predictions: PathLike, labels: PathLike, schema: LabelSchem
     report = {"provenance": provenance(), "predictions": os.fspath(predictions), "labels": os.fspath(labels),
               "classes": list(schema.names), "cases": cases, "summary": summarise(cases)}
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(report, indent=1, allow_nan=True))
+        if _has_non_finite(report):
+            report["notes"] = NULL_NOTE
+        write_json(json_path, report)  # strict JSON: an undefined metric is null, never a NaN token
     reporter.done(output=os.fspath(json_path) if json_path else None,
                   metrics={"mean_dice": report["summary"]["mean_foreground"]["dice"]["mean"]})
     return report
+
+
+NULL_NOTE = ("null: a metric that is undefined for the case (HD95 when the prediction or the reference of a class is "
+             "empty), or a mean or std over cases where it is undefined in every one")
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def format_summary(report: Dict[str, Any]) -> str:

@@ -46,5 +46,11 @@ def save_overlay_png(path: PathLike, image: np.ndarray, prediction: np.ndarray, 
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1) for r in rows]
     picture = (np.concatenate(rows, 0) * 255).round().astype(np.uint8)
-    with atomic_path(path) as tmp:
+    def verify(tmp: str) -> None:
+        from skimage.io import imread
+
+        if not np.array_equal(imread(tmp), picture):
+            raise ValueError("the picture read back differs")
+
+    with atomic_path(path, verify) as tmp:
         imsave(tmp, picture, check_contrast=False)

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import math
 import os
 import pickle
 import platform
 import warnings
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 
 from .. import __version__
 from ..errors import InputError, PathLike
-from .atomic import atomic_path
+from .atomic import WriteCheckError, atomic_path
 
 FORMAT = "maclcore"
 FORMAT_VERSION = 1
@@ -68,8 +69,39 @@ def save_checkpoint(path: PathLike, kind: str, payload: Dict[str, Any]) -> None:
     """Write ``payload`` as a checkpoint of ``kind``: temp file, fsync, rename."""
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "provenance": provenance()}
     data.update(plain_data(payload))
-    with atomic_path(path) as tmp:
+
+    def verify(tmp: str) -> None:
+        # Load it back as every reader will (weights only) and compare: a short write fails here, not later.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            back = torch.load(tmp, map_location="cpu", weights_only=True)
+        difference = _difference(data, back, "checkpoint")
+        if difference:
+            raise WriteCheckError(f"{difference} differs when read back")
+
+    with atomic_path(path, verify) as tmp:
         torch.save(data, tmp)
+
+
+def _difference(meant: Any, found: Any, where: str) -> Optional[str]:
+    """Where ``found`` (read back) differs from ``meant``; None when equal (tensors compared bit for bit)."""
+    if isinstance(meant, torch.Tensor):
+        if not isinstance(found, torch.Tensor) or meant.dtype != found.dtype or meant.shape != found.shape:
+            return where
+        a, b = meant.detach().cpu().contiguous().reshape(-1), found.contiguous().reshape(-1)
+        return None if torch.equal(a.view(torch.uint8), b.view(torch.uint8)) else where
+    if isinstance(meant, dict):
+        if not isinstance(found, dict) or set(meant) != set(found):
+            return where
+        return next((d for k in meant if (d := _difference(meant[k], found[k], f"{where}.{k}"))), None)
+    if isinstance(meant, (list, tuple)):
+        if not isinstance(found, (list, tuple)) or len(meant) != len(found):
+            return where
+        return next((d for i, (m, f) in enumerate(zip(meant, found)) if (d := _difference(m, f, f"{where}[{i}]"))),
+                    None)
+    if isinstance(meant, float) and isinstance(found, float) and math.isnan(meant) and math.isnan(found):
+        return None
+    return None if meant == found else where
 
 
 def load_checkpoint(path: PathLike, kinds: Optional[Iterable[str]] = None) -> Dict[str, Any]:
@@ -108,4 +140,81 @@ def load_checkpoint(path: PathLike, kinds: Optional[Iterable[str]] = None) -> Di
             wanted = " or ".join(KIND_NAMES.get(k, k) for k in kinds)
             found = KIND_NAMES.get(str(data.get("kind")), repr(data.get("kind")))
             raise InputError(path, f"is {found}, but {wanted} is needed here")
+    if data.get("kind") in MODEL_KINDS:
+        validate_model(path, data)
     return data
+
+
+# Bounds of a network a model file may describe: far above any real U-Net, far below what would exhaust
+# memory while the network is built.
+MAX_WIDTH = 4096
+MAX_LEVELS = 8
+MAX_CLASSES = 256  # label maps are uint8: background + 255 labels
+
+
+def _positive_ints(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(type(v) is int and v >= 1 for v in value)
+
+
+def validate_model(path: PathLike, data: Dict[str, Any]) -> None:
+    """Check a model file's network before anything is built from it or run with it.
+
+    The description is bounded (widths, levels, classes), so that building the network cannot exhaust memory,
+    and every weight and BatchNorm statistic is finite (a NaN weight predicts all background without any
+    error). That each tensor has the shape of the described network is checked by those who build it
+    (:func:`check_shapes`, with the network built on the meta device), before building it for real.
+
+    Raises:
+        InputError: naming the model file and the first problem found.
+    """
+    path = os.fspath(path)
+    model, state = data.get("model"), data.get("state_dict")
+    if not isinstance(model, dict) or not isinstance(state, dict):
+        raise InputError(path, "is an incomplete model file (no network description or no weights)")
+    channels = model.get("channels")
+    if not _positive_ints(channels) or not 1 <= len(channels) <= MAX_LEVELS:
+        raise InputError(path, f"describes a network with invalid widths {channels!r} (at most {MAX_LEVELS} "
+                               "positive integers expected)")
+    if max(channels) > MAX_WIDTH:
+        raise InputError(path, f"describes a network of width {max(channels)}, more than the {MAX_WIDTH} a model "
+                               "file may have; the file is damaged or not a MACLCore model")
+    classes, inputs = model.get("num_classes", 2), model.get("in_channels", 1)
+    if type(classes) is not int or not 2 <= classes <= MAX_CLASSES:
+        raise InputError(path, f"describes a network with {classes!r} classes (2..{MAX_CLASSES} expected)")
+    if inputs != 1:
+        raise InputError(path, f"describes a network with {inputs!r} input channels; MACLCore models read one "
+                               "(grayscale) channel")
+    for name, tensor in state.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise InputError(path, f"has a weight {name!r} that is not a tensor")
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            what = "BatchNorm statistic" if "running_" in name else "weight"
+            raise InputError(path, f"{what} {name} has {bad} NaN or infinite values; the model is broken "
+                                   "(training diverged?) and would predict nonsense")
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise InputError(path, f"BatchNorm statistic {name} has negative variances; the model is broken")
+
+
+def check_shapes(path: PathLike, state: Dict[str, torch.Tensor], expected: Dict[str, Tuple[int, ...]],
+                 describe: str, exact: bool) -> None:
+    """Every tensor of ``state`` has the shape ``expected`` (the described network's, built by the caller on the
+    meta device); ``exact``: and none is missing or extra (a segmentation model is used whole; a pretrained
+    file also holds projection heads that are never transferred).
+
+    Raises:
+        InputError: naming the model file and the first tensor that does not fit.
+    """
+    path = os.fspath(path)
+    if exact:
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if missing or extra:
+            detail = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(extra[:3])}"
+            raise InputError(path, f"is an inconsistent model file: its weights do not fit the network it "
+                                   f"describes ({detail})")
+    for name, tensor in state.items():
+        if name in expected and tuple(tensor.shape) != tuple(expected[name]):
+            raise InputError(path, f"is an inconsistent model file: weight {name} has shape {tuple(tensor.shape)}, "
+                                   f"but the network it describes ({describe}) needs {tuple(expected[name])}")

@@ -7,6 +7,7 @@ instead of keeping copies.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from typing import Iterable, Optional, Tuple
@@ -17,6 +18,7 @@ VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SEG_EXTENSION = ".seg.nrrd"
 LABEL_EXTENSIONS = (SEG_EXTENSION,) + VOLUME_EXTENSIONS
 MODEL_EXTENSION = ".pt"
+MAX_NAME_BYTES = 255  # a file name's limit on every common file system (ext4, APFS, NTFS, tmpfs)
 
 # nnU-Net's image naming: CASE_0000.nii.gz is channel 0 of CASE.
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -30,6 +32,25 @@ def split_extension(filename: str) -> Tuple[str, str]:
         if lower.endswith(ext):
             return filename[: -len(ext)], filename[-len(ext):]
     return os.path.splitext(filename)
+
+
+def short_name(name: str, reserve: int = 0) -> str:
+    """``name`` when it fits in a file name with ``reserve`` bytes to spare; else a stable hash of it.
+
+    The hash keeps the extension (writers choose the format by it) and is the same for the same ``name``, so
+    files derived from a long but legal name (temp files, locks, a model's resumable state) are found again.
+    """
+    if len(os.fsencode(name)) + reserve <= MAX_NAME_BYTES:
+        return name
+    extension = split_extension(name)[1]
+    if len(os.fsencode(extension)) > 32:
+        extension = ""
+    return hashlib.sha256(os.fsencode(name)).hexdigest()[:32] + extension
+
+
+def _beside(model: PathLike, suffix: str) -> str:
+    directory, name = os.path.split(model_stem(model))
+    return os.path.join(directory, short_name(name + suffix))
 
 
 def image_channel(stem: str) -> Optional[str]:
@@ -49,10 +70,15 @@ def case_name(path: PathLike) -> str:
     return match.group("case") if match else stem
 
 
+MAX_CASE_NAME = 120  # characters (ASCII here) of a case name made from a free-form name
+
+
 def safe_case_name(name: str, taken: Iterable[str] = ()) -> str:
     """A file-safe case name made from any name (e.g. a Slicer node's), unique among ``taken``, that
     :func:`case_name` reads back unchanged (it never ends in a ``_NNNN`` channel suffix)."""
     safe = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "case"
+    # Files are named CASE_0000.seg.nrrd and get temp prefixes: keep well under the 255-byte name limit.
+    safe = safe[:MAX_CASE_NAME].rstrip("_") or "case"
     if _CHANNEL.match(safe):
         safe = safe[:-5] + "-" + safe[-4:]
     taken = set(taken)
@@ -70,12 +96,12 @@ def model_stem(model: PathLike) -> str:
 
 def resume_path(model: PathLike) -> str:
     """``MODEL.pt`` -> ``MODEL.resume.pt``: the resumable state kept while a run is unfinished."""
-    return model_stem(model) + ".resume" + MODEL_EXTENSION
+    return _beside(model, ".resume" + MODEL_EXTENSION)
 
 
 def cache_path(model: PathLike) -> str:
     """``MODEL.pt`` -> ``MODEL.cache``: where slices that do not fit in memory go when no cache folder is given."""
-    return model_stem(model) + ".cache"
+    return _beside(model, ".cache")
 
 
 def next_model_path(current: PathLike) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError, PathLike
 from ..labels import LabelSchema
-from .atomic import atomic_path
+from .atomic import WriteCheckError, atomic_path
 from .naming import LABEL_EXTENSIONS, SEG_EXTENSION, VOLUME_EXTENSIONS
 from .volume import Geometry, read_volume, write_volume
 
@@ -76,8 +76,18 @@ def write_seg_nrrd(labels: np.ndarray, geometry: Geometry, path: PathLike, schem
         header[prefix + "Layer"] = "0"
         header[prefix + "Extent"] = _segment_extent(labels == value)
         header[prefix + "Tags"] = "|"
-    with atomic_path(path) as tmp:
-        nrrd.write(tmp, np.ascontiguousarray(labels), header, index_order="C")
+    labels = np.ascontiguousarray(labels)
+
+    def verify(tmp: str) -> None:
+        # Read the file back: the header must name the same segments, the voxels must be those meant.
+        back, back_header = nrrd.read(tmp, index_order="C")
+        if [s["name"] for s in _segments_in_header(back_header)] != list(schema.names):
+            raise WriteCheckError("the segments read back differ")
+        if back.shape != labels.shape or not np.array_equal(back, labels):
+            raise WriteCheckError("the voxels read back differ")
+
+    with atomic_path(path, verify) as tmp:
+        nrrd.write(tmp, labels, header, index_order="C")
 
 
 def _geometry_from_nrrd(path: str, header: dict, spatial_sizes: Tuple[int, int, int]) -> Geometry:

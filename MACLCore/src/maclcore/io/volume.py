@@ -8,20 +8,19 @@ training from a preprocessed cache needs no SimpleITK.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import math
 import os
-import struct
 import sys
 import tempfile
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
 from ..errors import InputError, PathLike
-from .atomic import atomic_path
+from .atomic import WriteCheckError, atomic_path
+from .headers import (_DataLayout, _check_claims, _check_deflate_complete, _check_direction, _check_nifti_complete,
+                      _data_layout, _pixel_bytes, _stat_regular)
 from .naming import VOLUME_EXTENSIONS
 
 # What ITK's readers say (in the exception or on stderr) when a file ends early.
@@ -196,43 +195,35 @@ def _itk_call(path: str, call: Callable[[], T], problem: str, forward: bool = Tr
     raise InputError(path, f"{problem} ({detail})") from None
 
 
-def _nifti_data_end(header: bytes) -> Optional[int]:
-    """Where the voxel data of a single-file NIfTI-1 or NIfTI-2 ends, from its header (None: not NIfTI)."""
-    for order in "<>":
-        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
-            dims, bitpix = struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "h", header[72:74])[0]
-            offset, minimum = struct.unpack(order + "f", header[108:112])[0], 352
-        elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
-            dims, bitpix = struct.unpack(order + "8q", header[16:80]), struct.unpack(order + "h", header[14:16])[0]
-            offset, minimum = struct.unpack(order + "q", header[168:176])[0], 544
-        else:
-            continue
-        start = int(offset) if math.isfinite(offset) and offset > minimum else minimum
-        count = math.prod(max(1, d) for d in dims[1:1 + min(max(dims[0], 0), 7)])
-        return start + count * max(bitpix, 0) // 8
-    return None
+# Float voxels whose magnitude leaves this range lose their contrast as float32 (overflow or underflow).
+_FLOAT32_SAFE = (1e-30, 1e30)
 
 
-def _check_nifti_complete(path: str) -> None:
-    """ITK fills a NIfTI file that ends early with zeros, silently; refuse it instead."""
-    opener: Callable[..., Any] = gzip.open if path.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as stream:
-            header = stream.read(540)
-            end, present = _nifti_data_end(header), len(header)
-            while end is not None and present < end:
-                chunk = stream.read(1 << 20)
-                if not chunk:
-                    break
-                present += len(chunk)
-    except (EOFError, OSError, zlib.error):
-        raise InputError(path, "is truncated or corrupt (its compressed data ends early)") from None
-    if end is not None and present < end:
-        raise InputError(path, f"is truncated (its voxel data ends early: {present} of {end} bytes)")
+def _read_information(path: str) -> Tuple[Any, Optional[_DataLayout]]:
+    """Read and check a file's header, before any voxel is read: the file and its data file are regular files,
+    the voxels claimed fit in the file and in memory, the grid is one 3D volume with orthonormal axes."""
+    import SimpleITK as sitk
+
+    check_readable_file(path)
+    layout = _data_layout(path)
+    if layout is not None and layout.data_file != path:
+        _stat_regular(layout.data_file, path, "data file")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    _itk_call(path, reader.ReadImageInformation, "is not a readable image")
+    size = reader.GetSize()
+    _check_header(path, size, reader.GetNumberOfComponents(), reader.GetSpacing())
+    _check_direction(path, reader.GetDirection(), len(size))
+    _check_claims(path, layout, size, reader.GetNumberOfComponents(), _pixel_bytes(reader.GetPixelID()))
+    return reader, layout
 
 
 def read_sitk_image(path: PathLike) -> Any:
-    """Read a 3D scalar image (file or DICOM series folder) with checks that name the problem."""
+    """Read a 3D scalar image (file or DICOM series folder) with checks that name the problem.
+
+    Files are checked from their header first (see :func:`_read_information`), so that a false header costs
+    neither memory nor time; compressed data is checked complete before ITK, which pads it with zeros, reads it.
+    """
     import SimpleITK as sitk
 
     path = os.fspath(path)
@@ -240,11 +231,16 @@ def read_sitk_image(path: PathLike) -> Any:
         if not is_dicom_folder(path):
             raise InputError(path, "is a folder, but not a DICOM series")
         image = _read_dicom_series(path)
+        _check_direction(path, image.GetDirection(), image.GetDimension())
     else:
-        check_readable_file(path)
-        image = _itk_call(path, lambda: sitk.ReadImage(path), "is not a readable image")
+        reader, layout = _read_information(path)
         if path.lower().endswith((".nii", ".nii.gz")):
             _check_nifti_complete(path)
+        elif layout is not None and layout.encoding == "deflate":
+            needed = (math.prod(reader.GetSize()) * max(1, reader.GetNumberOfComponents())
+                      * _pixel_bytes(reader.GetPixelID()))
+            _check_deflate_complete(path, layout, needed)
+        image = _itk_call(path, lambda: sitk.ReadImage(path), "is not a readable image")
     _check_header(path, image.GetSize(), image.GetNumberOfComponentsPerPixel(), image.GetSpacing())
     return image
 
@@ -281,7 +277,22 @@ def read_volume(path: PathLike) -> Volume:
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
             raise InputError(path, f"contains {bad} NaN or infinite voxel values")
+        array = _float32_safe(array)
     return Volume(array=array, geometry=Geometry.from_sitk(image), source=path)
+
+
+def _float32_safe(array: np.ndarray) -> np.ndarray:
+    """Float voxels scaled (in float64, by a power of two) into a range that float32 holds with full contrast.
+
+    Preprocessing works in float32 and normalises each volume by its own percentiles, so a global scale changes
+    nothing downstream, while values such as 1e300 (inf as float32) or 1e-300 (0 as float32) would lose every
+    contrast. Arrays already in range are returned as they are.
+    """
+    peak = float(np.max(np.abs(array), initial=0.0))
+    if peak == 0.0 or _FLOAT32_SAFE[0] <= peak <= _FLOAT32_SAFE[1]:
+        return array
+    scale = 2.0 ** -math.floor(math.log2(peak))
+    return (array.astype(np.float64) * scale).astype(np.float32)
 
 
 def write_volume(array: np.ndarray, geometry: Geometry, path: PathLike) -> None:
@@ -293,25 +304,38 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: PathLike) -> None:
         raise ValueError(f"array shape {array.shape} does not match geometry shape {geometry.shape}")
     if not has_volume_extension(path):
         raise InputError(path, f"unknown output format; use one of {', '.join(VOLUME_EXTENSIONS)}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    array = np.ascontiguousarray(array)
+    image = sitk.GetImageFromArray(array)
     geometry.apply_to(image)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, tmp, useCompression=True)
+
+    def verify(tmp: str) -> None:
+        # ITK's NIfTI writer reports no failed write (full disk, file-size limit): read the file back, header
+        # and voxels, and compare with what was meant.
+        if tmp.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_complete(tmp)
+        back = sitk.ReadImage(tmp)
+        if not Geometry.from_sitk(back).matches(geometry):
+            raise WriteCheckError("the header read back describes another grid")
+        if not np.array_equal(sitk.GetArrayViewFromImage(back), array, equal_nan=array.dtype.kind == "f"):
+            raise WriteCheckError("the voxels read back differ")
+
+    with atomic_path(path, verify) as tmp:
+        with _captured_stderr() as messages:  # ITK's complaints of a failed write: the error says it in one line
+            sitk.WriteImage(image, tmp, useCompression=True)
+    if messages:
+        print("\n".join(messages), file=sys.stderr)
 
 
 def read_geometry(path: PathLike) -> Geometry:
-    """The geometry of a volume, from its header alone where the format allows (DICOM reads the series)."""
-    import SimpleITK as sitk
+    """The geometry of a volume, from its header alone where the format allows (DICOM reads the series).
 
+    The header gets the same checks as for reading the volume (regular files, claimed size, orthonormal axes).
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
         return read_volume(path).geometry
-    check_readable_file(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    _itk_call(path, reader.ReadImageInformation, "is not a readable image")
+    reader, _ = _read_information(path)
     size, spacing = reader.GetSize(), reader.GetSpacing()
-    _check_header(path, size, reader.GetNumberOfComponents(), spacing)
     dimension = len(size)
     direction = np.asarray(reader.GetDirection()).reshape(dimension, dimension)[:3, :3]
     return Geometry(size=tuple(int(s) for s in size[:3]), spacing=tuple(float(s) for s in spacing[:3]),  # type: ignore
@@ -320,10 +344,12 @@ def read_geometry(path: PathLike) -> Geometry:
 
 
 def check_readable_file(path: str) -> None:
-    """The checks every file read starts with: it exists, is readable and is not empty."""
-    if not os.path.exists(path):
+    """The checks every file read starts with: it exists, is a regular file (not a FIFO or device, which would
+    hang or never end), is readable and is not empty."""
+    if not os.path.lexists(path):
         raise InputError(path, "does not exist")
+    result = _stat_regular(path, path, "file")
     if not os.access(path, os.R_OK):
         raise InputError(path, "cannot be read (permission denied)")
-    if os.path.getsize(path) == 0:
+    if result.st_size == 0:
         raise InputError(path, "is an empty file")

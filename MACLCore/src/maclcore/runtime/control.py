@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import threading
@@ -11,11 +12,23 @@ from typing import Any, Iterator, Optional
 from ..errors import MaclError, PathLike
 
 
+def _lock_path(output: str) -> str:
+    """``OUTPUT.lock``; for an output name near the 255-byte limit, a stable hash of it (the draft beside the lock
+    adds ``.PID.THREAD``), so a long but legal output name still locks."""
+    directory, name = os.path.split(output)
+    name += ".lock"
+    if len(os.fsencode(name)) > 200:
+        name = hashlib.sha256(os.fsencode(name)).hexdigest()[:32] + ".lock"
+    return os.path.join(directory, name)
+
+
 class RunLock:
     """An exclusive lock file beside an output, so two jobs never write the same model."""
 
     def __init__(self, output: PathLike) -> None:
-        self.path = os.fspath(output) + ".lock"
+        self.target = os.fspath(output)
+        # The lock and its draft (lock + ".PID.THREAD") stay within the file-name limit for long output names.
+        self.path = _lock_path(self.target)
         self._held = False
 
     def acquire(self) -> bool:
@@ -51,7 +64,7 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         if not self.acquire():
-            target = self.path[: -len(".lock")]
+            target = self.target
             raise MaclError(f"{target}: another job (pid {self._owner()}) is writing it; wait for it or cancel "
                             f"it (a stale lock can be removed: {self.path})")
         return self
