@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from common import mean_std, pyplot, reproduce, save_figure, save_json, versions
 
 from maclcore.io.atomic import write_text_atomic
 
@@ -28,13 +29,13 @@ def curves(config: Dict[str, Any], results: Sequence[Dict[str, Any]]) -> Dict[st
 
 
 def fmt(values: Sequence[float]) -> str:
-    values = [v for v in values if not math.isnan(v)]
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "n/a"
+    """Mean foreground Dice over seeds, as 'mean ± std'."""
+    return mean_std(values, 3)
 
 
 def seconds(values: Sequence[float]) -> str:
-    values = [float(v) for v in values if not math.isnan(float(v))]
-    return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "n/a"
+    """Seconds over rounds, as 'mean ± std'."""
+    return mean_std(values, 1)
 
 
 def needed(points: Dict[int, Dict[int, float]], seed: int, threshold: float) -> Optional[int]:
@@ -84,12 +85,8 @@ def time_table(config: Dict[str, Any], results: Sequence[Dict[str, Any]]) -> Lis
 
 
 def plot(config: Dict[str, Any], table: Dict[str, Dict[int, Dict[int, float]]], path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     figure, axes = plt.subplots(figsize=(6, 4))
     for strategy in config["strategies"]:
@@ -108,24 +105,17 @@ def plot(config: Dict[str, Any], table: Dict[str, Dict[int, Dict[int, float]]], 
     axes.set_title(f"{config['name']}: mean ± std over {len(config['seeds'])} seeds")
     axes.legend()
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(plt, figure, path)
     return True
 
 
 def write_report(config: Dict[str, Any], results: Sequence[Dict[str, Any]], folder: str, argv: Sequence[str],
                  wall_seconds: float) -> str:
-    import torch
-
-    import maclcore
-
     os.makedirs(folder, exist_ok=True)
     table = curves(config, results)
-    write_text_atomic(os.path.join(folder, "results.json"), json.dumps(list(results), indent=1))
-    write_text_atomic(os.path.join(folder, "config.json"), json.dumps(config, indent=1))
+    save_json(folder, "results.json", list(results))
+    save_json(folder, "config.json", config)
     plotted = plot(config, table, os.path.join(folder, "dice_vs_annotated.png"))
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     lines = [f"# Simulated-annotator study: {config['name']}", "",
              "Mean foreground Dice (RV cavity, LV myocardium, LV cavity) on the evaluation patients after each "
              f"round, mean ± std over seeds {config['seeds']}.", ""]
@@ -146,9 +136,8 @@ def write_report(config: Dict[str, Any], results: Sequence[Dict[str, Any]], fold
               f"previous model ({json.dumps(config['round'])}); the last epoch is kept.",
               f"* Preprocessing: {config['spacing']} mm in-plane, U-Net widths {config['channels']}; suggestion "
               f"settings {json.dumps(config.get('suggest', {}))}.", "",
-              "## Reproduce", "", "```", " ".join(["python"] + list(argv)), "```", "",
-              f"maclcore {maclcore.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
-              f"device {device}; wall time {wall_seconds / 3600:.2f} h (rounds already done are reused).", "",
+              *reproduce(argv),
+              f"{versions()}; wall time {wall_seconds / 3600:.2f} h (rounds already done are reused).", "",
               "Raw results: `results.json` (per round: patients, added patient, suggestion ranking, per-case Dice, "
               "seconds); configuration: `config.json`."]
     path = os.path.join(folder, "report.md")

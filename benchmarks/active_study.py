@@ -21,7 +21,6 @@ continues at the first round without a result.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -34,6 +33,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+
+from common import label_links, load_study_config, report_folder, study_parser  # noqa: E402
 
 from maclcore.active.suggest import rank_cases  # noqa: E402
 from maclcore.evaluation.evaluate import evaluate_folders  # noqa: E402
@@ -50,13 +51,7 @@ STRATEGIES = ("suggest", "random")
 
 
 def load_config(path: str) -> Dict[str, Any]:
-    with open(path) as handle:
-        config = json.load(handle)
-    config.setdefault("data", os.path.join(HERE, "..", "..", "shared", "data", "acdc"))
-    if not os.path.isabs(config["data"]):
-        config["data"] = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), config["data"]))
-    if config.get("init") and not os.path.isabs(config["init"]):
-        config["init"] = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), config["init"]))
+    config = load_study_config(path, paths=("data", "init"))
     config.setdefault("strategies", list(STRATEGIES))
     unknown = set(config["strategies"]) - set(STRATEGIES)
     if unknown:
@@ -93,12 +88,8 @@ def finetune_config(config: Dict[str, Any], budget: Dict[str, Any], seed: int, f
 
 def evaluate(model: str, evaluation: List[Case], folder: str, device: str, progress: str) -> Dict[str, Any]:
     """Segment the evaluation cases and compare with their labels; predictions are removed afterwards."""
-    predictions, labels = os.path.join(folder, "predictions"), os.path.join(folder, "eval_labels")
-    os.makedirs(labels, exist_ok=True)
-    for case in evaluation:
-        target = os.path.join(labels, os.path.basename(case.label))
-        if not os.path.lexists(target):
-            os.symlink(os.path.abspath(case.label), target)
+    predictions = os.path.join(folder, "predictions")
+    labels = label_links([c.label for c in evaluation], os.path.join(folder, "eval_labels"))
     reporter = make_reporter(progress)
     predict_files(model, [c.image for c in evaluation], predictions, device=device, reporter=reporter)
     report = evaluate_folders(predictions, labels, CARDIAC, with_hd95=False, reporter=reporter)
@@ -203,12 +194,7 @@ def _log(result: Dict[str, Any]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="study configuration (JSON)")
-    parser.add_argument("--work", required=True, help="folder for models and per-round results (outside the repo)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--progress", default="none", choices=["bar", "json", "none"])
-    parser.add_argument("--report", help="report folder (default benchmarks/results/<config name>)")
+    parser = study_parser(__doc__.splitlines()[0], work="folder for models and per-round results (outside the repo)")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     grouped = patients_of(config["data"])
@@ -221,7 +207,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results += run_seed(seed, config, grouped, args.work, args.device, args.progress)
     from active_report import write_report
 
-    folder = args.report or os.path.join(HERE, "results", config["name"])
+    folder = report_folder(args, config)
     write_report(config, results, folder, argv=sys.argv, wall_seconds=time.time() - started)
     print(f"report: {folder}/report.md")
     return 0

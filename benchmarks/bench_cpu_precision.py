@@ -17,29 +17,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import statistics
 import time
 
 import torch
 
+from common import cpu_model, save_report
+
 from maclcore.losses.segmentation import segmentation_loss
 from maclcore.models.unet import UNet, UNetConfig
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WIDTHS = {"16-256": (16, 32, 64, 128, 256), "32-512": (32, 64, 128, 256, 512)}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def time_steps(widths, size: int, batch: int, bf16: bool, channels_last: bool, steps: int, warmup: int) -> float:
@@ -75,7 +63,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
-    device = cpu_name()
+    device = cpu_model()
     rows = []
     for name in args.widths:
         for size in args.sizes:
@@ -91,10 +79,7 @@ def main() -> None:
     result = {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "steps": args.steps, "warmup": args.warmup, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "rows": rows}
-    os.makedirs(RESULTS, exist_ok=True)
-    output = args.output or os.path.join(RESULTS, "cpu_precision_cpu.json")
-    with open(output, "w") as handle:
-        json.dump(result, handle, indent=1)
+    output = save_report(result, args.output, "cpu_precision", "cpu")
     print(f"device: {device}; wrote {output}")
 
 

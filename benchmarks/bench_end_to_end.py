@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_pretrain import environment, save_report  # noqa: E402
+from common import environment, save_report  # noqa: E402
 
 from maclcore.data.phantom import write_phantom_dataset  # noqa: E402
 from maclcore.data.preprocessing import pad_slices, padded_size, prepare_volume, restore_probabilities  # noqa: E402

@@ -22,21 +22,17 @@ Results go to benchmarks/results/pretrain_<device>.json (device name, versions, 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 
 from maclcore.data.augment import adjust_intensity, random_affines, random_intensity, warp
 from maclcore.data.dataset import SliceData
-from maclcore.io.atomic import write_text_atomic
 from maclcore.losses.mlc import mlc_loss
 from maclcore.models.macl import MACLNet
 from maclcore.models.unet import UNetConfig
@@ -46,7 +42,7 @@ from maclcore.runtime.device import autocast, is_out_of_memory, step_generator
 from maclcore.runtime.processes import Processes
 from maclcore.training.session import make_optimizer, prepare_model
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from common import environment, save_report
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets; matched against
 # torch.cuda.get_device_name in this order (first match wins).
@@ -65,40 +61,6 @@ def bf16_peak_tflops(name: str) -> Optional[float]:
         if key.lower() in name.lower():
             return peak
     return None
-
-
-def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU's model name and the threads torch uses."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU: {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def save_report(report: Dict[str, Any], out: Optional[str], name: str, device_type: str) -> str:
-    """Write a benchmark's JSON (atomically) to ``out`` or ``results/<name>_<device>.json``; returns the path."""
-    out = out or os.path.join(RESULTS, f"{name}_{device_type}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    write_text_atomic(out, json.dumps(report, indent=1))
-    return out
-
-
-def environment(device: torch.device) -> Dict[str, Any]:
-    """What a result file records about where it was measured."""
-    env = {"device": device_name(device), "torch": str(torch.__version__), "python": platform.python_version(),
-           "numpy": np.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()
-           if torch.backends.cudnn.is_available() else None, "torch_threads": torch.get_num_threads(),
-           "cpu_count": os.cpu_count(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    try:
-        env["load_average"] = list(os.getloadavg())
-    except OSError:
-        pass
-    return env
 
 
 def synchronize(device: torch.device) -> None:

@@ -36,7 +36,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_pretrain import environment, save_report, synthetic_slices  # noqa: E402
+from bench_pretrain import synthetic_slices  # noqa: E402
+from common import environment, save_report  # noqa: E402
 
 from maclcore.data.dataset import SliceData  # noqa: E402
 from maclcore.models.macl import MACLNet  # noqa: E402

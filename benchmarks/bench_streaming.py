@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_end_to_end import staged  # noqa: E402
-from bench_pretrain import environment, save_report  # noqa: E402
+from common import environment, save_report  # noqa: E402
 
 from maclcore.data.cache import read_manifest  # noqa: E402
 from maclcore.data.phantom import write_phantom_dataset  # noqa: E402

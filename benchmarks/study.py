@@ -24,7 +24,6 @@ is taken over.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -39,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from acdc_subset import frames, patients  # noqa: E402
+from common import label_links, load_study_config, report_folder, study_parser  # noqa: E402
 
 from maclcore.errors import MaclError  # noqa: E402
 from maclcore.evaluation.evaluate import evaluate_folders  # noqa: E402
@@ -66,12 +66,8 @@ class Cell:
 
 
 def load_config(path: str) -> Dict[str, Any]:
-    with open(path) as handle:
-        config = json.load(handle)
-    config.setdefault("data", os.path.join(HERE, "..", "..", "shared", "data", "acdc"))
-    if not os.path.isabs(config["data"]):
-        config["data"] = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), config["data"]))
-    return config
+    """The study's configuration; ``data`` (default: the shared ACDC folder) relative to the file."""
+    return load_study_config(path)
 
 
 def cases_of(chosen: Sequence[int], root: str, with_labels: bool = True) -> List[Case]:
@@ -128,24 +124,14 @@ def finetune_and_evaluate(arm: str, m: int, draw: int, chosen: List[int], init: 
     evaluation = cases_of(config["eval_patients"], config["data"])
     predictions = os.path.join(folder, "predictions")
     predict_files(model, [c.image for c in evaluation], predictions, device=device, reporter=reporter)
-    report = evaluate_folders(predictions, _label_links(evaluation, folder), CARDIAC, reporter=reporter)
+    labels = label_links([c.label for c in evaluation], os.path.join(folder, "labels"))
+    report = evaluate_folders(predictions, labels, CARDIAC, reporter=reporter)
     result = {"arm": arm, "M": m, "draw": draw, "patients": chosen, "seconds": round(time.perf_counter() - started, 1),
               "cases": report["cases"], "summary": report["summary"]}
     write_text_atomic(result_path, json.dumps(result, indent=1))
     if settings.get("delete_models", True):
         os.remove(model)  # predictions and results stay; models of every cell would fill the disk
     return result
-
-
-def _label_links(evaluation: Sequence[Case], folder: str) -> str:
-    """A folder holding (links to) exactly the evaluation cases' labels, for the evaluation pairing."""
-    links = os.path.join(folder, "labels")
-    os.makedirs(links, exist_ok=True)
-    for case in evaluation:
-        target = os.path.join(links, os.path.basename(case.label))
-        if not os.path.lexists(target):
-            os.symlink(os.path.abspath(case.label), target)
-    return links
 
 
 def plan(config: Dict[str, Any]) -> Tuple[List[int], List[str], List[Cell]]:
@@ -272,12 +258,7 @@ def run_study(config: Dict[str, Any], work: str, device: str, progress: str, job
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="study configuration (JSON)")
-    parser.add_argument("--work", required=True, help="folder for models and predictions (large; outside the repo)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--progress", default="none", choices=["bar", "json", "none"])
-    parser.add_argument("--report", help="report folder (default benchmarks/results/<config name>)")
+    parser = study_parser(__doc__.splitlines()[0], work="folder for models and predictions (large; outside the repo)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes sharing the study (CPU: one per 1-2 cores)")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from the cells done so far (missing cells are listed) and run nothing")
@@ -290,10 +271,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         results = run_study(config, args.work, args.device, args.progress, jobs=args.jobs)
     from study_report import write_report
 
-    report_folder = args.report or os.path.join(HERE, "results", config["name"])
-    write_report(config, results, report_folder, argv=sys.argv, wall_seconds=time.time() - started,
-                 work=args.work)
-    print(f"report: {report_folder}/report.md")
+    folder = report_folder(args, config)
+    write_report(config, results, folder, argv=sys.argv, wall_seconds=time.time() - started, work=args.work)
+    print(f"report: {folder}/report.md")
     return 0
 
 

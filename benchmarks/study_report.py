@@ -6,11 +6,12 @@ import csv
 import json
 import math
 import os
-import platform
 from collections import defaultdict
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
+
+from common import mean_std, pyplot, reproduce, save_figure, save_json, versions
 
 from maclcore.evaluation.metrics import mean_foreground
 from maclcore.evaluation.overlay import colour_overlay
@@ -44,11 +45,7 @@ def draw_means(results: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, List[
     return table
 
 
-def fmt(values: Sequence[float], digits: int = 3) -> str:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "n/a"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+fmt = mean_std  # "mean ± std" over draws, NaN skipped
 
 
 def headline(config: Dict[str, Any], table: Dict[tuple, Dict[str, List[float]]]) -> List[str]:
@@ -74,12 +71,8 @@ def per_class(config: Dict[str, Any], table: Dict[tuple, Dict[str, List[float]]]
 
 
 def plot(config: Dict[str, Any], table: Dict[tuple, Dict[str, List[float]]], path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     figure, axis = plt.subplots(figsize=(6, 4))
     for arm in config["arms"]:
@@ -93,9 +86,7 @@ def plot(config: Dict[str, Any], table: Dict[tuple, Dict[str, List[float]]], pat
     axis.set_ylabel("mean foreground Dice (evaluation patients)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(plt, figure, path)
     return True
 
 
@@ -129,7 +120,7 @@ def overlays(config: Dict[str, Any], work: str, folder: str, count: int = 2) -> 
 
 
 def raw_files(results: Sequence[Dict[str, Any]], folder: str) -> None:
-    write_text_atomic(os.path.join(folder, "results.json"), json.dumps(list(results), indent=1))
+    save_json(folder, "results.json", list(results))
     with open(os.path.join(folder, "per_case.csv"), "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["arm", "M", "draw", "patients", "case", "class", *METRICS])
@@ -163,16 +154,11 @@ def compute_hours(config: Dict[str, Any], results: Sequence[Dict[str, Any]], wor
 
 def write_report(config: Dict[str, Any], results: Sequence[Dict[str, Any]], folder: str, argv: Sequence[str],
                  wall_seconds: float, work: str) -> str:
-    import torch
-
-    import maclcore
-
     os.makedirs(folder, exist_ok=True)
     table = draw_means(results)
     raw_files(results, folder)
     plotted = plot(config, table, os.path.join(folder, "dice_vs_m.png"))
     pictures = overlays(config, work, folder)
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     lines = [f"# Label-efficiency study: {config['name']}", "",
              "Mean foreground Dice (RV cavity, LV myocardium, LV cavity) on the evaluation patients, mean ± std "
              f"over {config['draws']} draws of the M labelled patients.", ""]
@@ -197,12 +183,11 @@ def write_report(config: Dict[str, Any], results: Sequence[Dict[str, Any]], fold
               "## Overlays", "", "Image | " + " | ".join(arm_label(a) for a in config["arms"])
               + f" | truth (M = {min(config['labelled_counts'])}, draw 0)", ""]
     lines += [f"![{p}]({p})" for p in pictures]
-    lines += ["", "## Reproduce", "", "```", " ".join(["python"] + list(argv)), "```", "",
-              f"maclcore {maclcore.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
-              f"device {device}; wall time of this invocation {wall_seconds / 3600:.2f} h (cells already done are "
+    lines += ["", *reproduce(argv),
+              f"{versions()}; wall time of this invocation {wall_seconds / 3600:.2f} h (cells already done are "
               f"reused); compute recorded by the runs: {compute_hours(config, results, work)}.",
               "", "Raw results: `results.json`, `per_case.csv`; configuration: `config.json`."]
-    write_text_atomic(os.path.join(folder, "config.json"), json.dumps(config, indent=1))
+    save_json(folder, "config.json", config)
     path = os.path.join(folder, "report.md")
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -6,7 +6,8 @@ import torch
 
 from maclcore.data.dataset import SliceData
 from maclcore.data.preprocessing import (PreparedVolume, PreprocessingConfig, normalise_intensity, pad_slices,
-                                         padded_size, plan_preprocessing, prepare_volume, restore_probabilities)
+                                         padded_size, plan_preprocessing, prepare_volume, restore_probabilities,
+                                         stack_slices)
 from maclcore.errors import ConfigError, InputError
 from maclcore.io.volume import Geometry
 
@@ -99,3 +100,16 @@ def test_slice_data_stacks_volumes_with_positions_and_labels():
     subset = data.select_volumes(["v1"])
     assert len(subset) == 2 and subset.names == ["v1"] and subset.volumes.tolist() == [0, 0]
     assert float(subset.images.max()) == 1.0
+
+
+def test_stacking_pads_every_stack_and_keeps_order_and_dtype():
+    """The one pad-and-stack that training data, prediction and suggestion share."""
+    first, second = np.ones((2, 5, 7), np.float32), np.full((1, 16, 9), 2.0, np.float32)
+    images = stack_slices([first, second], 16)
+    assert images.shape == (3, 1, 16, 16) and images.dtype == torch.float32
+    assert torch.equal(images[:2, 0], torch.from_numpy(pad_slices(first, 16)))
+    assert torch.equal(images[2:, 0], torch.from_numpy(pad_slices(second, 16)))
+    labels = stack_slices([np.ones((2, 5, 7), np.uint8)], 16, channel=False)
+    assert labels.shape == (2, 16, 16) and labels.dtype == torch.uint8 and int(labels.sum()) == 70
+    with pytest.raises(ValueError, match="no slice stacks"):
+        stack_slices([], 16)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.preprocessing import PreparedVolume, pad_slices, padded_size
+from ..data.preprocessing import PreparedVolume, pad_slices, padded_size, stack_slices
 from ..inference.predict import SegmentationModel
 from ..runtime.device import autocast, map_in_batches
 from .embedding import feature_mask, masked_mean_features
@@ -43,7 +43,7 @@ def analyse_volume(model: SegmentationModel, prepared: PreparedVolume, turns: in
     angles = turn_angles(turns)
     shape = tuple(prepared.image.shape[-2:])
     size = padded_size(shape, model.preprocessing)
-    images = torch.from_numpy(pad_slices(prepared.image, size))[:, None]
+    images = stack_slices([prepared.image], size)
     mask = torch.from_numpy(pad_slices(np.ones(shape, np.float32), size)).to(device)
     pixel_area = model.preprocessing.spacing ** 2 / MM2_PER_CM2
 

@@ -14,13 +14,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data.preprocessing import prepare_volume
-from ..errors import ConfigError, InputError, MaclError, PathLike
+from ..data.dataset import load_case
+from ..errors import ConfigError, InferenceStopped, MaclError, PathLike
 from ..inference.predict import SegmentationModel, load_segmentation_model
-from ..io.atomic import write_text_atomic
+from ..io.atomic import write_json
 from ..io.pairing import Case, find_images
-from ..io.volume import read_volume
 from ..io.checkpoint import file_sha256, provenance
+from ..runtime.control import StopRequest
 from ..runtime.progress import Reporter
 from ..runtime.device import resolve_device
 from .analysis import VolumeAnalysis, analyse_volume
@@ -35,17 +35,17 @@ UNITS = {"uncertainty": "cm^2 per slice: summed normalised entropy of the rotati
 
 def analyse_cases(model: SegmentationModel, cases: Sequence[Case], turns: int = 4, batch_size: int = 16,
                   reporter: Optional[Reporter] = None, stage: str = "suggest",
-                  done: int = 0, total: Optional[int] = None) -> List[VolumeAnalysis]:
-    """Read, preprocess and analyse each case (progress counts on from ``done`` of ``total``)."""
+                  done: int = 0, total: Optional[int] = None,
+                  stop: Optional[StopRequest] = None) -> List[VolumeAnalysis]:
+    """Read, preprocess and analyse each case (progress counts on from ``done`` of ``total``); raises
+    :class:`InferenceStopped` before a case when ``stop`` is requested."""
     reporter = reporter or Reporter()
     total = total if total is not None else len(cases)
     results = []
     for index, case in enumerate(cases):
-        volume = read_volume(case.image)
-        try:
-            prepared = prepare_volume(case.name, volume.array, volume.geometry, model.preprocessing)
-        except InputError as exc:
-            raise InputError(case.image, exc.problem) from None
+        if stop is not None and stop.requested:  # between volumes
+            raise InferenceStopped(done + index, total)
+        prepared = load_case(case, model.preprocessing)  # no schema: label maps are not needed here
         results.append(analyse_volume(model, prepared, turns, batch_size))
         reporter.progress(stage, done + index + 1, total, case=case.name)
     return results
@@ -65,13 +65,15 @@ def split_labelled(candidates: Sequence[Case], labelled: Sequence[Case]) -> Tupl
 
 
 def rank_cases(model: SegmentationModel, candidates: Sequence[Case], labelled: Sequence[Case] = (),
-               turns: int = 4, batch_size: int = 16, reporter: Optional[Reporter] = None) -> List[Dict[str, Any]]:
+               turns: int = 4, batch_size: int = 16, reporter: Optional[Reporter] = None,
+               stop: Optional[StopRequest] = None) -> List[Dict[str, Any]]:
     """The candidates in suggested order, each with its scores (see :data:`UNITS`)."""
     reporter = reporter or Reporter()
     total = len(candidates) + len(labelled)
     reporter.stage("suggest", total)
-    reference = analyse_cases(model, labelled, turns, batch_size, reporter, done=0, total=total)
-    analysed = analyse_cases(model, candidates, turns, batch_size, reporter, done=len(labelled), total=total)
+    reference = analyse_cases(model, labelled, turns, batch_size, reporter, done=0, total=total, stop=stop)
+    analysed = analyse_cases(model, candidates, turns, batch_size, reporter, done=len(labelled), total=total,
+                             stop=stop)
     if not analysed:
         return []
     embeddings = np.stack([a.embedding for a in analysed])
@@ -93,11 +95,13 @@ def rank_cases(model: SegmentationModel, candidates: Sequence[Case], labelled: S
 
 def suggest(model_path: PathLike, images: Sequence[PathLike], labelled: Sequence[PathLike] = (),
             top: Optional[int] = None, json_path: Optional[PathLike] = None, device: str = "auto",
-            turns: int = 4, batch_size: int = 16, reporter: Optional[Reporter] = None) -> Dict[str, Any]:
+            turns: int = 4, batch_size: int = 16, reporter: Optional[Reporter] = None,
+            stop_file: Optional[str] = None) -> Dict[str, Any]:
     """Rank the volumes in ``images`` (files or folders) for annotation, given the ``labelled`` ones.
 
     Returns (and writes to ``json_path`` when given) a report: model file and its SHA-256, the cases left out
-    as already labelled, and the ranking (the first ``top`` entries; all when None).
+    as already labelled, and the ranking (the first ``top`` entries; all when None). When ``stop_file`` exists
+    before a volume is analysed, raises :class:`InferenceStopped` and writes nothing.
     """
     reporter = reporter or Reporter()
     if top is not None and top < 1:
@@ -115,13 +119,13 @@ def suggest(model_path: PathLike, images: Sequence[PathLike], labelled: Sequence
         reporter.message(f"left out {len(dropped)} volume(s) already labelled: {', '.join(dropped[:5])}"
                          + (" ..." if len(dropped) > 5 else ""))
     model = load_segmentation_model(model_path, resolve_device(device))
-    ranking = rank_cases(model, candidates, reference, turns, batch_size, reporter)
+    ranking = rank_cases(model, candidates, reference, turns, batch_size, reporter, StopRequest(stop_file))
     report = {"model": os.path.abspath(os.fspath(model_path)), "model_sha256": file_sha256(model_path),
               "rotations": turns, "candidates": len(candidates), "labelled": [c.name for c in reference],
               "excluded_as_labelled": dropped, "units": UNITS, "ranking": ranking[:top] if top else ranking,
               "provenance": provenance()}
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(report, indent=1))
+        write_json(json_path, report)  # strict JSON: a non-finite score is null, never a NaN token
     reporter.done(output=os.fspath(json_path) if json_path is not None else None,
                   metrics={"candidates": len(candidates), "first": ranking[0]["case"]})
     return report

@@ -188,48 +188,55 @@ def build_cache(cache_dir: PathLike, cases: Sequence[Case], plan: PreprocessingC
     with RunLock(manifest_path):
         if os.path.exists(manifest_path):
             os.remove(manifest_path)  # from now on the folder is an unfinished build
-        total, size = int(sum(slice_counts)), plan.size
-        partial = {name: _path(cache_dir, name) + ".partial" for name in ("images", "labels")}
-        images = np.lib.format.open_memmap(partial["images"], mode="w+", dtype=dtype, shape=(total, 1, size, size))
-        labels = (np.lib.format.open_memmap(partial["labels"], mode="w+", dtype=np.uint8, shape=(total, size, size))
-                  if schema is not None else None)
-        positions, volumes, entries, start = [], [], [], 0
-        for index, case in enumerate(cases):
-            entry = {"name": case.name, "image": fingerprint(case.image),
-                     "label": fingerprint(case.label) if schema is not None and case.label else None}
-            prepared = load_case(case, plan, schema)
-            count = prepared.num_slices
-            if count != slice_counts[index]:
-                raise InputError(case.image, f"has {count} slices, its header said {slice_counts[index]}")
-            if max(prepared.image.shape[-2:]) > size:
-                raise InputError(case.image, f"slices of {prepared.image.shape[-2:]} pixels do not fit size {size}")
-            images[start:start + count, 0] = pad_slices(prepared.image, size)
-            if labels is not None:
-                labels[start:start + count] = pad_slices(prepared.label, size)
-            positions.append(prepared.positions())
-            volumes.append(np.full(count, index, dtype=np.int64))
-            entries.append({**entry, "start": start, "slices": count})
-            start += count
-            if progress is not None:
-                progress(index + 1, len(cases), case.name)
-        for array in (images, labels):
-            if array is not None:
-                array.flush()
-        del images, labels
-        np.save(_path(cache_dir, "positions"), np.concatenate(positions).astype(np.float32))
-        np.save(_path(cache_dir, "volumes"), np.concatenate(volumes))
-        for name, path in partial.items():
-            if os.path.exists(path):
-                os.replace(path, _path(cache_dir, name))  # a reader of the old arrays keeps its files
-        if schema is None and os.path.exists(_path(cache_dir, "labels")):
-            os.remove(_path(cache_dir, "labels"))
+        entries = _write_arrays(cache_dir, cases, plan, slice_counts, schema, dtype, progress)
         manifest = {"format": FORMAT, "version": VERSION, "maclcore": __version__,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preprocessing": to_dict(plan),
                     "requested": {"spacing": requested[0], "size": requested[1]},
                     "schema": schema.to_dict() if schema is not None else None, "dtype": dtype,
-                    "count": total, "size": size, "cases": entries}
+                    "count": int(sum(slice_counts)), "size": plan.size, "cases": entries}
         write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
     return manifest
+
+
+def _write_arrays(cache_dir: str, cases: Sequence[Case], plan: PreprocessingConfig, slice_counts: Sequence[int],
+                  schema: Optional[LabelSchema], dtype: str, progress: Optional[ProgressFn]) -> List[Dict[str, Any]]:
+    """Fill the cache's arrays case by case and put them in place; returns the manifest's case entries."""
+    total, size = int(sum(slice_counts)), plan.size
+    partial = {name: _path(cache_dir, name) + ".partial" for name in ("images", "labels")}
+    images = np.lib.format.open_memmap(partial["images"], mode="w+", dtype=dtype, shape=(total, 1, size, size))
+    labels = (np.lib.format.open_memmap(partial["labels"], mode="w+", dtype=np.uint8, shape=(total, size, size))
+              if schema is not None else None)
+    positions, volumes, entries, start = [], [], [], 0
+    for index, case in enumerate(cases):
+        entry = {"name": case.name, "image": fingerprint(case.image),
+                 "label": fingerprint(case.label) if schema is not None and case.label else None}
+        prepared = load_case(case, plan, schema)
+        count = prepared.num_slices
+        if count != slice_counts[index]:
+            raise InputError(case.image, f"has {count} slices, its header said {slice_counts[index]}")
+        if max(prepared.image.shape[-2:]) > size:
+            raise InputError(case.image, f"slices of {prepared.image.shape[-2:]} pixels do not fit size {size}")
+        images[start:start + count, 0] = pad_slices(prepared.image, size)
+        if labels is not None:
+            labels[start:start + count] = pad_slices(prepared.label, size)
+        positions.append(prepared.positions())
+        volumes.append(np.full(count, index, dtype=np.int64))
+        entries.append({**entry, "start": start, "slices": count})
+        start += count
+        if progress is not None:
+            progress(index + 1, len(cases), case.name)
+    for array in (images, labels):
+        if array is not None:
+            array.flush()
+    del images, labels
+    np.save(_path(cache_dir, "positions"), np.concatenate(positions).astype(np.float32))
+    np.save(_path(cache_dir, "volumes"), np.concatenate(volumes))
+    for name, path in partial.items():
+        if os.path.exists(path):
+            os.replace(path, _path(cache_dir, name))  # a reader of the old arrays keeps its files
+    if schema is None and os.path.exists(_path(cache_dir, "labels")):
+        os.remove(_path(cache_dir, "labels"))
+    return entries
 
 
 class SliceCache:

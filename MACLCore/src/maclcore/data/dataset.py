@@ -19,7 +19,7 @@ from ..io.pairing import Case
 from ..io.segmentation import read_label_map
 from ..io.volume import Geometry, read_geometry, read_volume
 from ..labels import LabelSchema
-from .preprocessing import PreparedVolume, PreprocessingConfig, pad_slices, prepare_volume
+from .preprocessing import PreparedVolume, PreprocessingConfig, prepare_volume, stack_slices
 from .stream import SliceStream, StreamedArray
 
 ProgressFn = Callable[[int, int, str], None]
@@ -125,14 +125,14 @@ class SliceData:
         for volume in volumes:
             if max(volume.image.shape[-2:]) > size:
                 raise ValueError(f"{volume.name}: slices of {volume.image.shape[-2:]} do not fit size {size}")
-        images = np.concatenate([pad_slices(v.image, size) for v in volumes])
+        images = stack_slices([v.image for v in volumes], size)
         labels = None
         if with_labels:
             missing = [v.name for v in volumes if v.label is None]
             if missing:
                 raise ValueError(f"volumes without labels: {missing}")
-            labels = torch.from_numpy(np.concatenate([pad_slices(v.label, size) for v in volumes]))
-        return cls(images=torch.from_numpy(images)[:, None],
+            labels = stack_slices([v.label for v in volumes], size, channel=False)
+        return cls(images=images,
                    positions=torch.from_numpy(np.concatenate([v.positions() for v in volumes])),
                    volumes=torch.cat([torch.full((v.num_slices,), i, dtype=torch.int64) for i, v in enumerate(volumes)]),
                    names=[v.name for v in volumes], labels=labels)
