@@ -33,3 +33,14 @@ def test_warmup_and_buffers():
     assert ema.updates == 1
     with pytest.raises(ConfigError, match="ema_decay"):
         ModelEMA(model, decay=1.0)
+
+
+def test_the_average_spans_at_most_a_tenth_of_a_short_run():
+    import torch
+    from maclcore.training.ema import ModelEMA
+
+    ema = ModelEMA(torch.nn.Linear(2, 2), decay=0.99, warmup=False)
+    ema.fit_to_run(160)
+    assert ema.current_decay() == pytest.approx(1 - 1 / 16)
+    ema.fit_to_run(10_000)
+    assert ema.current_decay() == pytest.approx(0.99)

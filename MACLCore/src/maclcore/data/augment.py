@@ -34,8 +34,8 @@ class AugmentationConfig:
     gamma: Tuple[float, float] = (0.7, 1.5)  # intensity exponent range (1, 1: off)
     gain: Tuple[float, float] = (0.9, 1.1)  # intensity factor range (1, 1: off)
     enabled: bool = True
-    # Mirror each axis with probability 1/2 (short-axis slices come in either handedness). Off by default
-    # until measured in the engine's finetune; benchmarks/recipe_cpu.py uses it.
+    # Mirror each axis with probability 1/2 (short-axis slices come in either handedness). Finetuning turns
+    # it on (its default recipe, benchmarks/results/recipe_cpu); pretraining's two views keep it off.
     flip: bool = False
 
     def __post_init__(self) -> None:
@@ -112,11 +112,11 @@ def draw_augmentation(total: int, rows: torch.Tensor, config: AugmentationConfig
     return Augmentation(theta=theta[rows], intensity=intensity[rows])
 
 
-def augment_batch(images: torch.Tensor, labels: Optional[torch.Tensor],
-                  augmentation: Augmentation) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Warp images (N, 1, H, W) bilinearly and labels (N, H, W) by nearest neighbour with the same affines;
-    then adjust the images' intensity."""
-    warped = adjust_intensity(warp(images, augmentation.theta, "bilinear"), augmentation.intensity)
+def augment_batch(images: torch.Tensor, labels: Optional[torch.Tensor], augmentation: Augmentation,
+                  size: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Warp images (N, 1, H, W) bilinearly and labels (N, H, W) by nearest neighbour with the same affines
+    (to ``size`` pixels: crops); then adjust the images' intensity."""
+    warped = adjust_intensity(warp(images, augmentation.theta, "bilinear", size), augmentation.intensity)
     if labels is None:
         return warped, None
-    return warped, warp(labels[:, None].float(), augmentation.theta, "nearest")[:, 0].to(labels.dtype)
+    return warped, warp(labels[:, None].float(), augmentation.theta, "nearest", size)[:, 0].to(labels.dtype)

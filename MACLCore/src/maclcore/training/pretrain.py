@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -11,7 +12,7 @@ import torch
 from ..config import from_dict, to_dict
 from ..data.augment import AugmentationConfig, augment_batch, draw_augmentation
 from ..data.dataset import SliceData
-from ..data.preprocessing import PreprocessingConfig
+from ..data.preprocessing import TRAINING_MIN_SPACING, PreprocessingConfig, plan_preprocessing
 from ..data.storage import SliceRequest, SliceStorage, training_slices
 from ..errors import ConfigError, PathLike
 from ..io.pairing import Case
@@ -19,10 +20,10 @@ from ..losses.mlc import MLCLossConfig, mlc_loss
 from ..models.macl import MACLNet, MACLNetConfig
 from ..models.unet import DEFAULT_CHANNELS, UNetConfig
 from ..models.variants import get_variant
-from .loop import LoopConfig, Trainer, cosine_lr, unwrap
+from .loop import LoopConfig, Trainer, cosine_lr
 from ..runtime.progress import Reporter
 from ..runtime.processes import Processes, joined_processes, mean_over_processes
-from .session import TrainingSession, make_optimizer, prepare_model, seed_everything
+from .session import TrainingSession, announce_plan, make_optimizer, prepare_model, seed_everything
 
 
 # Pretraining augments less than finetuning: with the finetuning's full-circle rotation the two views of a
@@ -35,14 +36,15 @@ PRETRAIN_AUGMENTATION = AugmentationConfig(rotation=30.0, scale=(0.85, 1.15))
 class PretrainConfig:
     """Pretraining settings. Build it with :func:`pretrain_config` to start from a named variant.
 
-    From the paper: SGD with momentum 0.9 and per-iteration cosine decay, 100 epochs, 16 slices per process,
+    From the paper: SGD with momentum 0.9 and per-iteration cosine decay, 100 epochs (the length without a
+    time budget; on a CPU the default is a 10-minute budget, see :class:`LoopConfig`), 16 slices per process,
     lambdas (1, 0.5, 1), tau 0.1, t 0.1 (the last three live in ``loss``). Our choices, from measurements:
     learning rate 0.03 with a 5% linear warm-up (the paper's 0.1 collapses the contrastive terms to chance
     here; ``--lr 0.1 --warmup 0`` restores it), milder augmentation than finetuning
     (:data:`PRETRAIN_AUGMENTATION`), weight decay 1e-4 (the paper gives none).
     """
 
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=100, batch_size=16))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(batch_size=16))
     variant: str = "macl"
     network: MACLNetConfig = field(default_factory=MACLNetConfig)
     loss: MLCLossConfig = field(default_factory=MLCLossConfig)
@@ -113,7 +115,7 @@ class PretrainTask:
         self._steps = 0
         return means
 
-    def validate(self) -> Dict[str, float]:
+    def validate(self, network: torch.nn.Module) -> Dict[str, float]:
         return {}  # no labels in pretraining
 
 
@@ -128,6 +130,7 @@ def pretrain(cases: Sequence[Case], output: PathLike, config: PretrainConfig = P
 
     Returns a summary with the output path and the per-epoch history of the loss and its terms.
     """
+    started = time.perf_counter()
     output = os.fspath(output)
     storage = storage or SliceStorage()
     sources_given = bool(cases)
@@ -144,7 +147,11 @@ def pretrain(cases: Sequence[Case], output: PathLike, config: PretrainConfig = P
         config = from_dict(PretrainConfig, session.state["config"]) if session.state else with_needed_heads(config)
         seed_everything(config.loop.seed)
         saved_plan = from_dict(PreprocessingConfig, session.state["preprocessing"]) if session.state else None
-        request = SliceRequest(cases, plan=saved_plan, requested=(config.spacing, config.size),
+        # Derived from the headers when the images are given (a cache of its own carries its plan).
+        planner = ((lambda geometries: plan_preprocessing(geometries, config.spacing, config.size,
+                                                          min_spacing=TRAINING_MIN_SPACING))
+                   if sources_given else None)
+        request = SliceRequest(cases, plan=saved_plan, planner=planner, requested=(config.spacing, config.size),
                                sources_given=sources_given, default_cache=session.default_cache)
         data, plan = training_slices(request, storage, device_, procs, reporter, session.check_stop)
         reporter.message(f"pretraining ({config.variant}) on {len(cases)} volumes, {len(data)} slices, "
@@ -156,14 +163,16 @@ def pretrain(cases: Sequence[Case], output: PathLike, config: PretrainConfig = P
         trainer = Trainer(PretrainTask(model, data, config, procs), optimizer,
                           lambda step, total: cosine_lr(step, total, config.lr, config.min_lr,
                                                         warmup=int(config.warmup * total)),
-                          config.loop, len(data), device_, procs, reporter, "pretrain")
+                          config.loop, len(data), device_, procs, reporter, "pretrain", started=started)
+        plan_line = announce_plan(trainer, reporter, "pretrain", plan.spacing, plan.size, None, config.channels)
         record = {"config": to_dict(config), "preprocessing": to_dict(plan), "cases": [c.name for c in cases]}
         state = session.run(trainer, model, optimizer, record)
         pretraining = {"variant": config.variant, "decoder_depth": config.network.decoder_depth,
-                       "config": record["config"], "history": state.history, "cases": record["cases"],
+                       "config": record["config"], "plan": plan_line(state), "history": state.history,
+                       "cases": record["cases"],
                        "seed": config.loop.seed, "processes": procs.world_size}
         session.finish("pretrain", {"model": to_dict(unet), "preprocessing": record["preprocessing"],
                                     "pretraining": pretraining,
-                                    "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}})
+                                    "state_dict": trainer.kept_weights()})
     reporter.done(output=output, metrics={"final_loss": state.history[-1]["loss"] if state.history else None})
     return {"output": output, **pretraining}

@@ -10,11 +10,13 @@ from ..config import from_dict
 from ..errors import ConfigError, InputError, PathLike
 from ..models.unet import UNet, UNetConfig, transferable_prefixes
 from ..io.checkpoint import load_checkpoint
+from ..inference.predict import check_network_shapes
 
 
 def read_init(path: PathLike) -> Dict[str, Any]:
     """Load a checkpoint usable as ``--init``: a pretrained model or a segmentation model."""
     data = load_checkpoint(path, kinds=("pretrain", "segmentation"))
+    check_network_shapes(path, data)  # before any network of the file's widths is built
     try:
         from_dict(UNetConfig, data["model"])
         dict(data["state_dict"])
