@@ -1,8 +1,9 @@
 """MACLSegment: label-efficient cardiac segmentation in 3D Slicer, wrapping MACLCore.
 
 Module, parameter node, Widget, Logic and Test, in the scripted-module template's order. The work is in
-the Qt-free ``MACLSegmentLib`` package beside this file; training and inference run as a background
-``maclcore`` process whose JSON progress the Widget polls with a timer, so Slicer stays responsive.
+the Qt-free ``MACLSegmentLib`` package beside this file and the Widget's handlers per panel section in
+``MACLSegmentGui``; training and inference run as a background ``maclcore`` process whose JSON progress the
+Widget polls with a timer, so Slicer stays responsive.
 """
 
 import logging
@@ -10,12 +11,12 @@ import os
 import pathlib
 import time
 import unittest
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Optional
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -23,17 +24,13 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MACLSegmentLib import dependencies, selftests, sequences
-from MACLSegmentLib.controller import (SYNCED_PATHS, JobMonitor, PathSync, TextSync, ValueWatcher,
-                                       buttonStates, cpuTrainingWarning)
+from MACLSegmentGui.sections import POLL_INTERVAL_MS, HumanLoopSection, JobSection, SetupSection, TrainingSection
+from MACLSegmentLib import dependencies, selftests
+from MACLSegmentLib.controller import SYNCED_PATHS, JobMonitor, PathSync, TextSync, ValueWatcher, buttonStates
 from MACLSegmentLib.logic import CoreLogic
-from MACLSegmentLib.options import (FinetuneOptions, PretrainOptions, SegmentOptions, SuggestOptions,
-                                    optionalCount)
 from MACLSegmentLib.parameters import CHECKED_NODE_ROLES, pathOrNone, readNodeList, writeNodeList
 from MACLSegmentLib.reloading import reloadPackage
-from MACLSegmentLib.schema import defaultSchema, formatSchemaText, parseSchemaText
-
-POLL_INTERVAL_MS = 250
+from MACLSegmentLib.schema import defaultSchema, formatSchemaText
 
 
 #
@@ -76,15 +73,18 @@ class MACLSegmentParameterNode:
     gpuCount: Annotated[int, WithinRange(1, 64)] = 1
     pretrainFolder: pathlib.Path
     pretrainEpochs: Annotated[int, WithinRange(0, 100000)] = 0
+    pretrainTimeBudget: Annotated[float, WithinRange(0, 1440)] = 0.0
     pretrainBatchSize: Annotated[int, WithinRange(0, 4096)] = 0
     pretrainOutput: pathlib.Path
     schemaText: str = ""
     finetunePretrained: pathlib.Path
     finetuneEpochs: Annotated[int, WithinRange(0, 100000)] = 0
+    finetuneTimeBudget: Annotated[float, WithinRange(0, 1440)] = 0.0
     finetuneOutput: pathlib.Path
     segmentModel: pathlib.Path
     segmentVolume: vtkMRMLScalarVolumeNode
     segmentShow3D: bool = False
+    segmentOutput: vtkMRMLSegmentationNode  # None: a new segmentation (the default)
 
 
 #
@@ -92,11 +92,12 @@ class MACLSegmentParameterNode:
 #
 
 
-class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, SetupSection, TrainingSection,
+                        HumanLoopSection, JobSection):
     """Binds the controls to the parameter node and calls the Logic; polls the running job with a timer.
 
     The behaviour lives in ``MACLSegmentLib.controller`` (tested headless and with Qt offscreen); this class
-    only connects it to the widgets.
+    only connects it to the widgets. The handlers of each panel section are in ``MACLSegmentGui.sections``.
     """
 
     def __init__(self, parent=None) -> None:
@@ -134,6 +135,7 @@ class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.annotateButton.connect("clicked(bool)", self.onAnnotate)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.undoSegmentButton.connect("clicked(bool)", self.onUndoSegment)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.suggestButton.connect("clicked(bool)", self.onSuggest)
         self.ui.loadSuggestionButton.connect("clicked(bool)", self.onLoadSuggestion)
@@ -202,8 +204,9 @@ class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterModified)
 
     def onReload(self) -> None:
-        """Reload and Test: reload MACLSegmentLib too (Slicer reloads only this file)."""
+        """Reload and Test: reload MACLSegmentLib and MACLSegmentGui too (Slicer reloads only this file)."""
         reloadPackage("MACLSegmentLib")
+        reloadPackage("MACLSegmentGui")
         ScriptedLoadableModuleWidget.onReload(self)
 
     def onSceneStartClose(self, caller, event) -> None:
@@ -246,52 +249,6 @@ class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateButtons()
 
     # -- state shown in the GUI -------------------------------------------------------------------------------
-    def updateDependencyStatus(self) -> None:
-        # Versions only (package metadata): torch is imported, and CUDA queried, by a background process.
-        self._dependencies = self.logic.checkDependencies(queryGpus=False)
-        self.ui.dependencyStatusLabel.text = self._dependencies.describe()
-        self.ui.gpuStatusLabel.text = self._dependencies.describeGpus()
-        self._probeGpus()
-        self.ui.installButton.enabled = not self._dependencies.ready
-        self.ui.installButton.text = _("Upgrade") if self._dependencies.upgrade else _("Install")
-        self.fillDefaultSchema()
-        self.updatePretrainSummary()
-        self.updateModelHistory()
-
-    def _probeGpus(self) -> None:
-        self._gpus = None  # unknown until the probe answers
-        if not self._dependencies.torchVersion or self._gpuProbe is not None:
-            return
-        try:
-            self._gpuProbe = self.logic.probeGpus()
-        except Exception as exc:  # e.g. PythonSlicer missing: say so, the rest of the panel works
-            self.ui.gpuStatusLabel.text = _("GPUs: unknown ({error})").format(error=exc)
-            return
-        self.ui.gpuStatusLabel.text = _("GPUs: checking...")
-        qt.QTimer.singleShot(POLL_INTERVAL_MS, self._pollGpuProbe)
-
-    def _pollGpuProbe(self) -> None:
-        probe = self._gpuProbe
-        if probe is None:
-            return
-        if probe.poll():
-            qt.QTimer.singleShot(POLL_INTERVAL_MS, self._pollGpuProbe)
-            return
-        self._gpuProbe = None
-        try:
-            self._gpus = self._dependencies.gpus = probe.finish()
-            self.ui.gpuStatusLabel.text = self._dependencies.describeGpus()
-        except Exception as exc:  # a broken torch install: say so instead of failing the GUI
-            self._dependencies.problems.append(_("torch does not load ({error})").format(error=str(exc)[:160]))
-            self.ui.dependencyStatusLabel.text = self._dependencies.describe()
-            self.ui.gpuStatusLabel.text = _("GPUs: unknown")
-            self.updateButtons()
-
-    def _confirmDevice(self) -> bool:
-        """Before a training job: a clear question when it would run on the CPU."""
-        question = cpuTrainingWarning(self._gpus, self._parameterNode.device)
-        return question is None or slicer.util.confirmOkCancelDisplay(question)
-
     def fillDefaultSchema(self) -> None:
         if self._parameterNode and not self._parameterNode.schemaText and self._ready():
             self._parameterNode.schemaText = formatSchemaText(defaultSchema())
@@ -309,193 +266,13 @@ class MACLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.pretrainSummaryLabel.text = str(exc)
 
     def updateButtons(self, *unused) -> None:
-        states = buttonStates(self._ready(), self._monitor.running, bool(self._suggestions), len(self._history))
+        states = buttonStates(self._ready(), self._monitor.running, bool(self._suggestions), len(self._history),
+                              canUndoSegment=self.logic is not None and self.logic.canUndoSegment)
         for name, enabled in states.items():
             getattr(self.ui, name).enabled = enabled
 
     def _ready(self) -> bool:
         return self._dependencies is not None and self._dependencies.ready
-
-    # -- actions -------------------------------------------------------------------------------------------
-    def onInstall(self) -> None:
-        before = self._dependencies or self.logic.checkDependencies(queryGpus=False)
-        # No wait cursor: the confirmation dialog must not appear under it.
-        with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed.")):
-            installed = self.logic.installDependencies(confirm=slicer.util.confirmOkCancelDisplay,
-                                                       installTorch=dependencies.pyTorchUtilsInstaller(),
-                                                       pipInstall=slicer.util.pip_install, status=before)
-            replaced = dependencies.restartNeeded(before) if installed else []
-            if replaced:
-                slicer.util.infoDisplay(_("{names} was upgraded while Slicer had the old version loaded: restart "
-                                          "Slicer to use it.").format(names=" and ".join(replaced)))
-        self.updateDependencyStatus()
-
-    def _pretrainOptions(self, output) -> PretrainOptions:
-        p = self._parameterNode
-        return PretrainOptions(epochs=optionalCount(p.pretrainEpochs), batchSize=optionalCount(p.pretrainBatchSize),
-                               device=p.device, gpus=p.gpuCount, resume=self._askResume(output))
-
-    def onPretrain(self) -> None:
-        p = self._parameterNode
-        if not self._confirmDevice():
-            return
-        with slicer.util.tryWithErrorDisplay(_("Could not start pretraining."), waitCursor=True):
-            output = pathOrNone(p.pretrainOutput)
-            job = self.logic.pretrain(self.ui.pretrainVolumesComboBox.checkedNodes(), pathOrNone(p.pretrainFolder),
-                                      output, self._pretrainOptions(output))
-            self._watch(job, lambda model: setattr(p, "finetunePretrained", pathlib.Path(model)))
-
-    def onResetSchema(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not read the default label schema.")):
-            self._parameterNode.schemaText = formatSchemaText(defaultSchema())
-
-    def onAnnotate(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not create the annotations."), waitCursor=True):
-            schema = parseSchemaText(self._parameterNode.schemaText)
-            volumes = self.ui.annotateVolumesComboBox.checkedNodes() or [None]  # None: "no volume selected"
-            annotations = [self.logic.createAnnotation(volume, schema) for volume in volumes]
-            self._openSegmentEditor(annotations[0], volumes[0])
-
-    def onFinetune(self) -> None:
-        p = self._parameterNode
-        if not self._confirmDevice():
-            return
-        with slicer.util.tryWithErrorDisplay(_("Could not start finetuning."), waitCursor=True):
-            output = pathOrNone(p.finetuneOutput)
-            pairs = self.logic.annotationPairs(self.ui.finetuneSegmentationsComboBox.checkedNodes())
-            options = FinetuneOptions(epochs=optionalCount(p.finetuneEpochs), device=p.device,
-                                      resume=self._askResume(output))
-            job = self.logic.finetune(pairs, pathOrNone(p.finetunePretrained), output, options,
-                                      schema=parseSchemaText(p.schemaText))
-            self._watch(job, lambda model: setattr(p, "segmentModel", pathlib.Path(model)))
-
-    def onSegment(self) -> None:
-        p = self._parameterNode
-        volume = p.segmentVolume
-        browser, sequence, frame = sequences.sequenceOfProxy(slicer.mrmlScene, volume)
-        frames = None
-        if sequence is not None and not slicer.util.confirmYesNoDisplay(
-                _("'{volume}' shows frame {frame} of the cine sequence '{sequence}' ({count} frames). Segment every "
-                  "frame into a segmentation sequence? (No: only frame {frame})").format(
-                    volume=volume.GetName(), frame=frame + 1, sequence=sequence.GetName(),
-                    count=sequence.GetNumberOfDataNodes())):
-            frames = [frame]
-        with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
-            options = SegmentOptions(device=p.device)
-            if sequence is not None:
-                job = self.logic.segmentSequence(sequence, pathOrNone(p.segmentModel), options, frames=frames)
-            else:
-                job = self.logic.segment(volume, pathOrNone(p.segmentModel), options, show3D=p.segmentShow3D)
-            self._watch(job, lambda node: slicer.util.setSliceViewerLayers(background=volume, fit=False))
-
-    # -- human in the loop ---------------------------------------------------------------------------------
-    def onSuggest(self) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Could not start the suggestion."), waitCursor=True):
-            job = self.logic.suggestCases(pathOrNone(p.segmentModel),
-                                          self.ui.annotateVolumesComboBox.checkedNodes() or None,
-                                          SuggestOptions(device=p.device))
-            self._watch(job, self.showSuggestions)
-
-    def showSuggestions(self, suggestions) -> None:
-        self._suggestions = list(suggestions)
-        self.ui.suggestionsListWidget.clear()
-        for suggestion in self._suggestions:
-            self.ui.suggestionsListWidget.addItem(suggestion.describe())
-        self.ui.suggestionsListWidget.setCurrentRow(0)
-        self.updateButtons()
-
-    def onLoadSuggestion(self, *unused) -> None:
-        p = self._parameterNode
-        row = self.ui.suggestionsListWidget.currentRow
-        if not 0 <= row < len(self._suggestions) or self._monitor.running:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Could not load the suggested case."), waitCursor=True):
-            volume = slicer.mrmlScene.GetNodeByID(self._suggestions[row].volumeNodeID)
-            job = self.logic.loadSuggestion(volume, pathOrNone(p.segmentModel), SegmentOptions(device=p.device))
-            self._watch(job, lambda node: self._openSegmentEditor(node, volume))
-
-    def onAcceptCorrection(self) -> None:
-        p = self._parameterNode
-        if not self._confirmDevice():
-            return
-        with slicer.util.tryWithErrorDisplay(_("Could not start updating the model."), waitCursor=True):
-            job = self.logic.acceptCorrections(pathOrNone(p.segmentModel),
-                                               FinetuneOptions(epochs=optionalCount(p.finetuneEpochs),
-                                                               device=p.device),
-                                               schema=parseSchemaText(p.schemaText),
-                                               pretrainedModel=pathOrNone(p.finetunePretrained),
-                                               outputPath=pathOrNone(p.finetuneOutput))
-            self._watch(job, lambda model: setattr(p, "segmentModel", pathlib.Path(model)))
-
-    def updateModelHistory(self, *unused) -> None:
-        self._history = []
-        self.ui.modelHistoryListWidget.clear()
-        model = pathOrNone(self._parameterNode.segmentModel) if self._parameterNode else None
-        if self._ready() and model and os.path.isfile(model):
-            try:
-                self._history = self.logic.modelHistory(model)
-            except ValueError as exc:
-                self.ui.modelHistoryListWidget.addItem(str(exc))
-        for version in self._history:
-            self.ui.modelHistoryListWidget.addItem(version.describe())
-        self.ui.modelHistoryListWidget.setCurrentRow(len(self._history) - 1)
-        self.updateButtons()
-
-    def onRevertModel(self) -> None:
-        row = self.ui.modelHistoryListWidget.currentRow
-        if not 0 <= row < len(self._history):
-            return
-        with slicer.util.tryWithErrorDisplay(_("Could not go back to this model.")):
-            self._parameterNode.segmentModel = pathlib.Path(self.logic.revertModel(self._history[row]))
-
-    def onCancel(self) -> None:
-        message = self._monitor.cancel()  # returns at once; later polls end the whole process tree if needed
-        if message:
-            self.ui.jobStatusLabel.text = message
-
-    # -- the running job -----------------------------------------------------------------------------------
-    def _watch(self, job, onSuccess: Callable[[Any], None]) -> None:
-        self._monitor.watch(job, onSuccess)
-        self.ui.jobLogTextEdit.clear()
-        self.ui.jobProgressBar.value = 0
-        self.ui.jobCollapsibleButton.collapsed = False
-        self._timer.start()
-        self.onPollJob()
-
-    def onPollJob(self) -> None:
-        update = self._monitor.poll()
-        self.ui.jobProgressBar.value = update.percent
-        if update.status:
-            self.ui.jobStatusLabel.text = update.status
-            slicer.util.showStatusMessage(update.status, 2 * POLL_INTERVAL_MS)
-        for line in update.newLogLines:
-            self.ui.jobLogTextEdit.appendPlainText(line)
-        if update.finished:
-            self._timer.stop()
-        self.updateButtons()  # before any error dialog: a failed job leaves the panel usable
-        if update.error:
-            slicer.util.errorDisplay(update.error)
-
-    def _askResume(self, output: Optional[str]) -> bool:
-        """Offer to continue an interrupted run on the same output; otherwise its old state is discarded."""
-        if not self.logic.resumeState(output):
-            return False
-        if slicer.util.confirmYesNoDisplay(_("An interrupted run left its state beside {output}. Continue that run? "
-                                             "(No starts over.)").format(output=output)):
-            return True
-        self.logic.discardResumeState(output)
-        return False
-
-    @staticmethod
-    def _openSegmentEditor(segmentationNode, volumeNode) -> None:
-        slicer.util.selectModule("SegmentEditor")
-        editor = slicer.modules.SegmentEditorWidget.editor
-        editor.setSegmentationNode(segmentationNode)
-        if hasattr(editor, "setSourceVolumeNode"):
-            editor.setSourceVolumeNode(volumeNode)
-        else:  # Slicer < 5.2
-            editor.setMasterVolumeNode(volumeNode)
 
 
 #

@@ -157,12 +157,13 @@ ACTION_BUTTONS = ("pretrainButton", "annotateButton", "finetuneButton", "segment
                   "acceptCorrectionButton")
 
 
-def buttonStates(ready: bool, jobRunning: bool, hasSuggestions: bool, historyLength: int) -> Dict[str, bool]:
-    """Which of the panel's buttons are enabled."""
+def buttonStates(ready: bool, jobRunning: bool, hasSuggestions: bool, historyLength: int,
+                 canUndoSegment: bool = False) -> Dict[str, bool]:
+    """Which of the panel's buttons are enabled (``canUndoSegment``: the Logic holds the last Segment's undo)."""
     idle = ready and not jobRunning
     states = {name: idle for name in ACTION_BUTTONS}
     states.update(loadSuggestionButton=idle and hasSuggestions, revertModelButton=idle and historyLength > 1,
-                  cancelButton=jobRunning)
+                  undoSegmentButton=not jobRunning and canUndoSegment, cancelButton=jobRunning)
     return states
 
 
@@ -172,8 +173,8 @@ def cpuTrainingWarning(gpus: Optional[List[str]], device: str) -> Optional[str]:
     if gpus is None or (gpus and device != "cpu"):
         return None
     reason = "Compute on is set to cpu" if device == "cpu" else "PyTorch sees no usable GPU"
-    return (f"{reason}: training runs on the CPU, which takes hours on real data (a GPU takes minutes). "
-            "Start anyway?")
+    return (f"{reason}: training runs on the CPU, under a time budget of about 10 minutes unless Time budget "
+            "or Epochs say otherwise (a GPU trains the full schedule in minutes). Start anyway?")
 
 
 # Parameters kept in step by this module rather than by parameterNodeWrapper (the .ui marks each of these

@@ -145,8 +145,8 @@ class HumanInTheLoopLogic:
                                nearest=names[r["nearest"]].GetName() if r.get("nearest") in names else None)
                     for r in ranking]
 
-        return self._startJob("Suggestion", "suggest", arguments + options.arguments(), jobFolder, stoppable=False,
-                              finisher=read)
+        # Cancel stops between volumes (the stop file); no ranking is shown for a stopped job.
+        return self._startJob("Suggestion", "suggest", arguments + options.arguments(), jobFolder, finisher=read)
 
     def loadSuggestion(self, volumeNode: Any, modelPath: str, options: Optional[SegmentOptions] = None) -> Any:
         """Segment a suggested volume; result: a NEW segmentation, marked as its annotation, to correct."""

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import slicer
@@ -29,6 +30,7 @@ from .schema import defaultSchema, matchSegments, registeredSchemaName, writeSch
 ANNOTATION_SUFFIX = " annotation"
 RESULT_SUFFIX = " MACL segmentation"
 MODEL_ATTRIBUTE = "MACLSegment.Model"
+UNDO_ATTRIBUTES = (MODEL_ATTRIBUTE, ANNOTATION_ATTRIBUTE)  # what Segment sets on its output, restored by undo
 
 
 def defaultPythonExecutable() -> str:
@@ -39,6 +41,19 @@ def defaultPythonExecutable() -> str:
             raise JobError("PythonSlicer was not found next to Slicer; the installation looks incomplete")
         return found
     return sys.executable
+
+
+@dataclass
+class SegmentUndo:
+    """What :meth:`CoreLogic.undoLastSegment` restores: the output node of the last Segment and, when Segment
+    wrote into an existing node, that node's previous content (a deep copy of its ``vtkSegmentation``)."""
+
+    nodeID: str
+    created: bool  # True: Segment made this node (undo removes it)
+    segmentation: Any = None  # vtkSegmentation deep copy of the previous content (existing node only)
+    referenceVolumeID: Optional[str] = None
+    transformID: Optional[str] = None
+    attributes: Dict[str, Optional[str]] = field(default_factory=dict)
 
 
 class CoreLogic(HumanInTheLoopLogic):
@@ -63,6 +78,7 @@ class CoreLogic(HumanInTheLoopLogic):
         self._pythonExecutable = pythonExecutable
         self.temporaryFolder = temporaryFolder
         self.environment = dict(environment or {})
+        self._segmentUndo: Optional[SegmentUndo] = None
 
     # -- context -----------------------------------------------------------------------------------------
     @property
@@ -258,16 +274,23 @@ class CoreLogic(HumanInTheLoopLogic):
 
     # -- segment -----------------------------------------------------------------------------------------
     def segment(self, volumeNode: Any, modelPath: str, options: Optional[SegmentOptions] = None,
-                name: Optional[str] = None, annotation: bool = False, show3D: bool = False) -> BackgroundJob:
-        """Segment a volume; the job's result is a NEW segmentation node with the model's named segments.
+                name: Optional[str] = None, annotation: bool = False, show3D: bool = False,
+                outputNode: Any = None) -> BackgroundJob:
+        """Segment a volume; the job's result is the segmentation node holding the model's named segments.
 
-        ``name``: the node's name (default: the volume's name + " MACL segmentation"); ``annotation``: mark the
-        node as the volume's annotation (a prediction to correct, then train on); ``show3D``: also make the
-        closed-surface representation, so the result shows in the 3D view.
+        ``outputNode``: None (default) makes a NEW segmentation node; an existing ``vtkMRMLSegmentationNode`` has
+        its segments replaced, after a deep copy of its previous content is kept, so that
+        :meth:`undoLastSegment` can restore it. ``name``: a new node's name (default: the volume's name +
+        " MACL segmentation"); ``annotation``: mark the node as the volume's annotation (a prediction to correct,
+        then train on); ``show3D``: also make the closed-surface representation, so the result shows in 3D.
+        Cancelling the job stops ``maclcore predict`` through its stop file.
         """
         options = options or SegmentOptions()
         if volumeNode is None:
             raise InputError("Segment: no volume selected; choose the volume to segment")
+        if outputNode is not None and (not outputNode.IsA("vtkMRMLSegmentationNode")
+                                       or outputNode.GetScene() is not self.scene):
+            raise InputError("Segment: the output must be a segmentation in the scene (or none: a new one)")
         if volumeNode.GetImageData() is None:
             raise InputError(f"'{volumeNode.GetName()}': the volume has no voxel data")
         if not modelPath:
@@ -282,6 +305,10 @@ class CoreLogic(HumanInTheLoopLogic):
         def load(job: BackgroundJob) -> Any:
             node = scene_io.loadSegmentation(result, volumeNode, name or volumeNode.GetName() + RESULT_SUFFIX,
                                              self.segmentationsLogic())
+            if outputNode is None:
+                self._segmentUndo = SegmentUndo(node.GetID(), created=True)
+            else:
+                node = self._replaceContent(outputNode, node, volumeNode)
             node.SetAttribute(MODEL_ATTRIBUTE, os.path.abspath(modelPath))
             applyTerminology(node)
             if show3D:
@@ -290,7 +317,64 @@ class CoreLogic(HumanInTheLoopLogic):
                 node.SetAttribute(ANNOTATION_ATTRIBUTE, "1")
             return node
 
-        return self._startJob("Segmentation", "predict", arguments, jobFolder, stoppable=False, finisher=load)
+        return self._startJob("Segmentation", "predict", arguments, jobFolder, finisher=load)
+
+    def _replaceContent(self, outputNode: Any, loaded: Any, volumeNode: Any) -> Any:
+        """Move the segments of the freshly ``loaded`` node into ``outputNode`` (removing ``loaded``), keeping
+        a deep copy of what ``outputNode`` held for :meth:`undoLastSegment`."""
+        if outputNode.GetScene() is None:  # deleted while the job ran: nothing to write into
+            _removeWithDisplay(self.scene, loaded)
+            raise JobError(f"the output segmentation '{outputNode.GetName()}' was deleted while segmenting")
+        previous = slicer.vtkSegmentation()
+        previous.DeepCopy(outputNode.GetSegmentation())  # labelmaps, names, colours, tags, conversion parameters
+        role = outputNode.GetReferenceImageGeometryReferenceRole()
+        self._segmentUndo = SegmentUndo(outputNode.GetID(), created=False, segmentation=previous,
+                                        referenceVolumeID=outputNode.GetNodeReferenceID(role),
+                                        transformID=outputNode.GetTransformNodeID(),
+                                        attributes={a: outputNode.GetAttribute(a) for a in UNDO_ATTRIBUTES})
+        wasModifying = outputNode.StartModify()
+        try:
+            outputNode.GetSegmentation().DeepCopy(loaded.GetSegmentation())
+            outputNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            outputNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        finally:
+            outputNode.EndModify(wasModifying)
+        if outputNode.GetDisplayNode() is None:
+            outputNode.CreateDefaultDisplayNodes()
+        _removeWithDisplay(self.scene, loaded)
+        return outputNode
+
+    @property
+    def canUndoSegment(self) -> bool:
+        """True when the last Segment's output can be undone (its node is still in the scene)."""
+        undo = self._segmentUndo
+        return undo is not None and self.scene.GetNodeByID(undo.nodeID) is not None
+
+    def undoLastSegment(self) -> Any:
+        """Undo the last Segment: a segmentation it created is removed (returns None); an existing output node
+        gets its previous segments, reference volume, transform and attributes back (returns that node). One
+        level of undo, consumed by the call."""
+        undo, self._segmentUndo = self._segmentUndo, None
+        node = self.scene.GetNodeByID(undo.nodeID) if undo is not None else None
+        if node is None:
+            raise InputError("Undo: there is no segmentation result to undo" if undo is None
+                             else "Undo: the last segmentation result was deleted meanwhile")
+        if undo.created:
+            _removeWithDisplay(self.scene, node)
+            return None
+        wasModifying = node.StartModify()
+        try:
+            node.SetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole(), undo.referenceVolumeID)
+            node.GetSegmentation().DeepCopy(undo.segmentation)  # after the reference: this holds its geometry too
+            node.SetAndObserveTransformNodeID(undo.transformID)
+            for attribute, value in undo.attributes.items():
+                if value is None:
+                    node.RemoveAttribute(attribute)
+                else:
+                    node.SetAttribute(attribute, value)
+        finally:
+            node.EndModify(wasModifying)
+        return node
 
     def segmentSequence(self, sequenceNode: Any, modelPath: str, options: Optional[SegmentOptions] = None,
                         frames: Optional[Sequence[int]] = None, name: Optional[str] = None) -> BackgroundJob:
@@ -345,7 +429,17 @@ class CoreLogic(HumanInTheLoopLogic):
                 browser.AddSynchronizedSequenceNode(result)
             return result
 
-        return self._startJob("Segmentation", "predict", arguments, jobFolder, stoppable=False, finisher=load)
+        # Cancel stops between frames (the stop file); the result sequence appears only for a finished job.
+        return self._startJob("Segmentation", "predict", arguments, jobFolder, finisher=load)
+
+
+def _removeWithDisplay(scene: Any, node: Any) -> None:
+    """Remove a node and its display nodes (the scene does not remove those with it)."""
+    displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    scene.RemoveNode(node)
+    for display in displays:
+        if display is not None and display.GetScene() is scene:
+            scene.RemoveNode(display)
 
 
 def _checkOutput(outputPath: str, action: str) -> str:

@@ -19,6 +19,11 @@ def optionalCount(value: Optional[int]) -> Optional[int]:
     return None if value is None or int(value) <= 0 else int(value)
 
 
+def optionalMinutes(value: Optional[float]) -> Optional[float]:
+    """A minutes spin box value where 0 (shown as "default") means not set."""
+    return None if value is None or float(value) <= 0 else float(value)
+
+
 def _given(*pairs: Tuple[str, object]) -> List[str]:
     """``--option value`` for each value that is set."""
     args: List[str] = []
@@ -44,6 +49,8 @@ class PretrainOptions:
 
     Args:
         epochs: passes over the slices (None: MACLCore's default).
+        timeBudget: minutes the run may take (None: MACLCore's default, about 10 on a CPU when epochs are
+            not set either, the full schedule on a GPU).
         batchSize: slices per step and GPU (None: MACLCore's default).
         device: auto (CUDA when present), cpu, cuda or cuda:N.
         gpus: number of GPUs; more than one launches the same job under torchrun, one process per GPU.
@@ -52,6 +59,7 @@ class PretrainOptions:
     """
 
     epochs: Optional[int] = None
+    timeBudget: Optional[float] = None
     batchSize: Optional[int] = None
     device: str = "auto"
     gpus: int = 1
@@ -60,6 +68,7 @@ class PretrainOptions:
 
     def __post_init__(self) -> None:
         _checkPositive("Epochs", self.epochs)
+        _checkPositive("Time budget", self.timeBudget)
         _checkPositive("Batch size", self.batchSize)
         _checkPositive("Number of GPUs", self.gpus)
         _checkDevice(self.device)
@@ -68,7 +77,8 @@ class PretrainOptions:
 
     def arguments(self) -> List[str]:
         device = "cuda" if self.gpus > 1 else self.device
-        args = _given(("--epochs", self.epochs), ("--batch-size", self.batchSize)) + ["--device", device]
+        args = _given(("--epochs", self.epochs), ("--time-budget", self.timeBudget),
+                      ("--batch-size", self.batchSize)) + ["--device", device]
         return args + (["--resume"] if self.resume else []) + list(self.extraArgs)
 
 
@@ -78,6 +88,7 @@ class FinetuneOptions:
 
     Args:
         epochs: passes over the training slices (None: MACLCore's default).
+        timeBudget: minutes the run may take (None: MACLCore's default, as for pretraining).
         batchSize: slices per step (None: MACLCore's default).
         device: auto, cpu, cuda or cuda:N.
         stepsPerEpoch: steps per epoch (None: one pass over the slices).
@@ -88,6 +99,7 @@ class FinetuneOptions:
     """
 
     epochs: Optional[int] = None
+    timeBudget: Optional[float] = None
     batchSize: Optional[int] = None
     device: str = "auto"
     stepsPerEpoch: Optional[int] = None
@@ -99,14 +111,15 @@ class FinetuneOptions:
     extraArgs: Tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        for name, value in (("Epochs", self.epochs), ("Batch size", self.batchSize),
+        for name, value in (("Epochs", self.epochs), ("Time budget", self.timeBudget), ("Batch size", self.batchSize),
                             ("Steps per epoch", self.stepsPerEpoch), ("Spacing", self.spacing),
                             ("Size", self.size)):
             _checkPositive(name, value)
         _checkDevice(self.device)
 
     def arguments(self) -> List[str]:
-        args = _given(("--epochs", self.epochs), ("--batch-size", self.batchSize)) + ["--device", self.device]
+        args = _given(("--epochs", self.epochs), ("--time-budget", self.timeBudget),
+                      ("--batch-size", self.batchSize)) + ["--device", self.device]
         args += _given(("--steps-per-epoch", self.stepsPerEpoch), ("--spacing", self.spacing), ("--size", self.size),
                        ("--seed", self.seed))
         if self.channels:

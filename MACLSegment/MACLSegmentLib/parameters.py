@@ -28,15 +28,18 @@ FIELDS = (
     Field("gpuCount", "int", 1),
     Field("pretrainFolder", "path", pathlib.Path()),
     Field("pretrainEpochs", "int", 0),  # 0: not set, MACLCore's default applies (options.optionalCount)
+    Field("pretrainTimeBudget", "float", 0.0),  # minutes; 0: not set (options.optionalMinutes)
     Field("pretrainBatchSize", "int", 0),
     Field("pretrainOutput", "path", pathlib.Path()),
     Field("schemaText", "str", ""),
     Field("finetunePretrained", "path", pathlib.Path()),
     Field("finetuneEpochs", "int", 0),
+    Field("finetuneTimeBudget", "float", 0.0),
     Field("finetuneOutput", "path", pathlib.Path()),
     Field("segmentModel", "path", pathlib.Path()),
     Field("segmentVolume", "node", None, "vtkMRMLScalarVolumeNode"),
     Field("segmentShow3D", "bool", False),
+    Field("segmentOutput", "node", None, "vtkMRMLSegmentationNode"),  # None: Segment makes a new segmentation
 )
 # The ticked nodes of the checkable selectors (not parameterNodeWrapper fields: it has no connector for
 # qMRMLCheckableNodeComboBox), kept as node references of these roles so that they are saved with the scene.

@@ -1,13 +1,19 @@
-"""Cine MRI as a volume sequence: its frames, the sequence behind a browser's proxy volume, loading a 4D file.
+"""Cine MRI as a volume sequence: its frames, the sequence behind a browser's proxy volume, loading a 4D file,
+and the end-diastolic (ED) and end-systolic (ES) frames.
 
 Cardiac cine MRI usually loads into Slicer as a ``vtkMRMLSequenceNode`` of scalar volumes, shown through a
 ``vtkMRMLSequenceBrowserNode`` whose *proxy* volume (a normal volume in the scene) shows the current frame.
 The frames themselves live in the sequence's own scene; they can be written to files like any volume.
 """
 
+from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 from .errors import InputError
+
+LV_CAVITY = "LV cavity"  # the default schema's label whose volume tells ED (largest) from ES (smallest)
+TIME_WORDS = ("time", "trigger")  # index names of a cine's frames that are times (DICOM Trigger Time)
+TIME_UNITS = ("ms", "s")
 
 
 def isVolumeSequence(node: Any) -> bool:
@@ -89,3 +95,105 @@ def loadVolumeSequence(scene: Any, path: str, name: Optional[str] = None) -> Any
         scene.RemoveNode(storage)
         raise InputError(f"{path}: not a volume sequence Slicer can read")
     return node
+
+
+@dataclass(frozen=True)
+class CardiacPhases:
+    """The end-diastolic and end-systolic frames of a cine (0-based frame numbers) and how they were found.
+
+    ``method``: ``lv-volume`` (from a segmentation sequence), ``trigger-time`` or ``image-difference`` (from the
+    images alone); ``lvVolumes``: the LV cavity volume of each frame in mL (``lv-volume`` only).
+    """
+
+    ed: int
+    es: int
+    method: str
+    lvVolumes: Optional[Tuple[float, ...]] = None
+
+
+def segmentVolumeMl(segmentationNode: Any, segmentName: str) -> float:
+    """Volume in mL of the segment named ``segmentName`` (case-insensitive): its voxels in the binary labelmap
+    (which may be shared with other segments: only the segment's own label value counts) times the voxel size."""
+    import numpy as np
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    segmentation = segmentationNode.GetSegmentation()
+    segmentId = None
+    for index in range(segmentation.GetNumberOfSegments()):
+        if segmentation.GetNthSegment(index).GetName().lower() == segmentName.lower():
+            segmentId = segmentation.GetNthSegmentID(index)
+            break
+    if segmentId is None:
+        raise InputError(f"'{segmentationNode.GetName()}' has no segment named '{segmentName}'")
+    labelmapName = "Binary labelmap"
+    if not segmentation.ContainsRepresentation(labelmapName):
+        segmentation.CreateRepresentation(labelmapName)
+    image = segmentation.GetSegment(segmentId).GetRepresentation(labelmapName)
+    scalars = image.GetPointData().GetScalars() if image is not None else None
+    if scalars is None:
+        return 0.0
+    voxels = int(np.count_nonzero(vtk_to_numpy(scalars) == segmentation.GetSegment(segmentId).GetLabelValue()))
+    return voxels * float(np.prod(image.GetSpacing())) / 1000.0  # mm^3 -> mL
+
+
+def _isTimeIndex(sequenceNode: Any) -> bool:
+    name, unit = sequenceNode.GetIndexName().lower(), sequenceNode.GetIndexUnit().lower()
+    numeric = sequenceNode.GetIndexType() == sequenceNode.NumericIndex
+    return numeric and (any(word in name for word in TIME_WORDS) or unit in TIME_UNITS)
+
+
+def _frameArray(volumeNode: Any) -> Any:
+    import numpy as np
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    image = volumeNode.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
+        raise InputError(f"'{volumeNode.GetName()}': the frame has no voxel data")
+    return vtk_to_numpy(image.GetPointData().GetScalars()).astype(np.float64)
+
+
+def cardiacPhases(volumeSequence: Any = None, segmentationSequence: Any = None,
+                  lvName: str = LV_CAVITY) -> CardiacPhases:
+    """Choose the ED and ES frames of a cardiac cine.
+
+    With a segmentation sequence (one segmentation per frame, e.g. from :meth:`CoreLogic.segmentSequence`): ED is
+    the frame with the largest LV cavity volume, ES the one with the smallest (the first such frame on ties).
+    Otherwise, from the volume sequence alone: ED is the first frame in time (the smallest trigger time when the
+    frames' index is a time, as a DICOM cine's Trigger Time is: an ECG-triggered cine starts at the R wave, i.e.
+    at end-diastole; else frame 0), and ES the frame that differs most from ED (mean absolute intensity
+    difference: the heart is most contracted at end-systole). The image rule is a heuristic; a segmentation
+    sequence gives the clinical definition.
+    """
+    if segmentationSequence is not None:
+        count = segmentationSequence.GetNumberOfDataNodes()
+        if count == 0:
+            raise InputError(f"'{segmentationSequence.GetName()}' has no frames")
+        volumes = []
+        for index in range(count):
+            frame = segmentationSequence.GetNthDataNode(index)
+            if frame is None or not frame.IsA("vtkMRMLSegmentationNode"):
+                raise InputError(f"'{segmentationSequence.GetName()}' is not a sequence of segmentations")
+            volumes.append(segmentVolumeMl(frame, lvName))
+        if max(volumes) <= 0:
+            raise InputError(f"'{segmentationSequence.GetName()}': the {lvName} is empty in every frame")
+        return CardiacPhases(ed=volumes.index(max(volumes)), es=volumes.index(min(volumes)), method="lv-volume",
+                             lvVolumes=tuple(volumes))
+    if volumeSequence is None or not isVolumeSequence(volumeSequence):
+        raise InputError("ED/ES: choose a sequence of volumes (cine MRI) or a segmentation sequence")
+    count = volumeSequence.GetNumberOfDataNodes()
+    method, ed = "image-difference", 0
+    if _isTimeIndex(volumeSequence):
+        try:
+            times = [float(volumeSequence.GetNthIndexValue(i)) for i in range(count)]
+            ed, method = times.index(min(times)), "trigger-time"
+        except ValueError:  # an index value that is not a number: fall back to frame order
+            pass
+    reference = _frameArray(volumeSequence.GetNthDataNode(ed))
+    differences = []
+    for index in range(count):
+        frame = _frameArray(volumeSequence.GetNthDataNode(index))
+        if frame.shape != reference.shape:
+            raise InputError(f"'{volumeSequence.GetName()}': frame {index + 1} has another size than frame {ed + 1}")
+        differences.append(float(abs(frame - reference).mean()))
+    es = differences.index(max(differences)) if count > 1 else ed
+    return CardiacPhases(ed=ed, es=es, method=method)

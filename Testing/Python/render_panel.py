@@ -56,7 +56,7 @@ def render(output: str) -> str:
     find = lambda name: panel.findChild(QtCore.QObject, name)  # noqa: E731
     samples = {"pretrainVolumesComboBox": "cine patient001 (30 frames), patient002", "annotateVolumesComboBox":
                "patient003 ED", "finetuneSegmentationsComboBox": "patient003 ED annotation",
-               "segmentVolumeSelector": "patient004 ED"}
+               "segmentVolumeSelector": "patient004 ED", "segmentOutputSelector": "New segmentation"}
     for name, text in samples.items():
         widget = find(name)
         if isinstance(widget, QtWidgets.QComboBox):

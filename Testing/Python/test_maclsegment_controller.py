@@ -128,6 +128,15 @@ def test_a_failed_job_leaves_the_buttons_usable(tmp_path):
     assert "maclcore: error: no labels found" in [line for u in updates for line in u.newLogLines]
 
 
+def test_the_job_log_keeps_every_line_past_200(tmp_path):
+    """Issue 17, defect 9: the log stopped after 200 lines; every stderr line must reach the module's log."""
+    monitor = JobMonitor()
+    monitor.watch(script(tmp_path, "for i in range(1500):\n    print(f'line {i}', file=sys.stderr)\n").start(),
+                  lambda result: None)
+    shown = [line for u in poll_until_finished(monitor) for line in u.newLogLines]
+    assert [line for line in shown if line.startswith("line ")] == [f"line {i}" for i in range(1500)]
+
+
 def test_a_result_that_cannot_be_shown_is_reported_not_raised(tmp_path):
     monitor = JobMonitor()
 

@@ -15,6 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODULE = ROOT / "MACLSegment" / "MACLSegment.py"
 UI = ROOT / "MACLSegment" / "Resources" / "UI" / "MACLSegment.ui"
 LIB = ROOT / "MACLSegment" / "MACLSegmentLib"
+GUI = ROOT / "MACLSegment" / "MACLSegmentGui"  # the Widget's handlers, by panel section
+WIDGET_FILES = [MODULE] + sorted(GUI.glob("*.py"))
 
 # Name suffix -> classes such a control may have.
 SUFFIX_CLASSES = {
@@ -26,7 +28,7 @@ SUFFIX_CLASSES = {
     "Selector": {"qMRMLNodeComboBox"},
     "Label": {"QLabel"},
     "PathLineEdit": {"ctkPathLineEdit"},
-    "SpinBox": {"QSpinBox"},
+    "SpinBox": {"QSpinBox", "QDoubleSpinBox"},
     "TextEdit": {"QTextEdit", "QPlainTextEdit"},
     "ProgressBar": {"QProgressBar"},
     "ListWidget": {"QListWidget"},
@@ -36,7 +38,7 @@ KIND_CLASSES = {"int": {"QSpinBox", "QSlider"}, "float": {"QDoubleSpinBox", "ctk
                 "str": {"QLineEdit", "QTextEdit", "QComboBox"}, "bool": {"QCheckBox", "QPushButton"},
                 "path": {"ctkPathLineEdit", "ctkDirectoryButton"}, "node": {"qMRMLNodeComboBox"}}
 MRML_CLASSES = {"qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox"}
-QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QSpinBox", "QTextEdit", "QPlainTextEdit",
+QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QSpinBox", "QDoubleSpinBox", "QTextEdit", "QPlainTextEdit",
               "QProgressBar", "QLineEdit", "QCheckBox", "QListWidget"}
 
 
@@ -55,13 +57,31 @@ def test_ui_names_are_unique(ui):
 
 
 def test_every_control_the_widget_uses_exists_with_a_fitting_class(ui):
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text(encoding="utf-8")))
-    assert used, "the Widget references no controls?"
     found = widgets(ui)
-    for name in sorted(used):
-        assert name in found, f"MACLSegment.py uses self.ui.{name}, which the .ui file lacks"
-        suffix = next(s for s in SUFFIX_CLASSES if name.endswith(s))
-        assert found[name] in SUFFIX_CLASSES[suffix], f"{name} is a {found[name]}"
+    for path in WIDGET_FILES:
+        used = set(re.findall(r"self\.ui\.(\w+)", path.read_text(encoding="utf-8")))
+        assert used or path.name == "__init__.py", f"{path.name} references no controls?"
+        for name in sorted(used):
+            assert name in found, f"{path.name} uses self.ui.{name}, which the .ui file lacks"
+            suffix = next(s for s in SUFFIX_CLASSES if name.endswith(s))
+            assert found[name] in SUFFIX_CLASSES[suffix], f"{name} is a {found[name]}"
+
+
+def test_the_widget_defines_every_handler_it_connects():
+    """The handlers moved to MACLSegmentGui.sections: each one the Widget connects or calls is defined once."""
+    defined = []
+    for path in WIDGET_FILES:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            if path != MODULE or cls.name == "MACLSegmentWidget":
+                defined += [f.name for f in cls.body if isinstance(f, ast.FunctionDef)]
+    assert len(defined) == len(set(defined)), sorted(n for n in defined if defined.count(n) > 1)
+    for path in WIDGET_FILES:
+        called = set(re.findall(r"self\.((?:on|update|_)[A-Za-z]\w*)\(?", path.read_text(encoding="utf-8")))
+        attributes = {"_parameterNode", "_parameterNodeGuiTag", "_monitor", "_dependencies", "_suggestions",
+                      "_history", "_syncs", "_modelWatcher", "_gpus", "_gpuProbe", "_timer"}
+        missing = sorted(called - set(defined) - attributes)
+        assert not missing, f"{path.name} uses self.{missing[0]}, which no Widget section defines"
 
 
 def test_every_class_in_the_ui_is_known(ui):
@@ -162,8 +182,10 @@ def test_lib_imports_no_qt_and_no_third_party_at_file_scope():
 
 def test_cmake_lists_every_script_and_resource():
     cmake = (ROOT / "MACLSegment" / "CMakeLists.txt").read_text(encoding="utf-8")
-    for path in sorted(LIB.glob("*.py")):
-        assert f"${{MODULE_NAME}}Lib/{path.name}" in cmake, f"{path.name} is missing from MACLSegment/CMakeLists.txt"
+    for folder, package in ((LIB, "Lib"), (GUI, "Gui")):
+        for path in sorted(folder.glob("*.py")):
+            assert f"${{MODULE_NAME}}{package}/{path.name}" in cmake, \
+                f"{package}/{path.name} is missing from MACLSegment/CMakeLists.txt"
     for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
         assert resource in cmake
     assert "slicer_add_python_unittest" in cmake and "WITH_GENERIC_TESTS" in cmake

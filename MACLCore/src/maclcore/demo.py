@@ -16,7 +16,7 @@ from .errors import ConfigError
 from .evaluation.evaluate import evaluate_folders, format_summary
 from .evaluation.overlay import save_overlay_png
 from .inference.predict import predict_files
-from .io.atomic import write_text_atomic
+from .io.atomic import write_json
 from .io.pairing import find_images, pair_cases
 from .io.segmentation import read_label_map
 from .io.volume import read_volume
@@ -111,7 +111,7 @@ def run_demo(output: str, config: DemoConfig = DemoConfig(), device: str = "auto
               "seconds": round(time.perf_counter() - started, 1),
               "mean_dice": {arm: r["summary"]["mean_foreground"]["dice"]["mean"] for arm, r in results.items()},
               "arms": {arm: {k: v for k, v in r.items() if k != "table"} for arm, r in results.items()}}
-    write_text_atomic(os.path.join(output, "report.json"), json.dumps(report, indent=1))
+    write_json(os.path.join(output, "report.json"), report)  # strict JSON
     report["tables"] = {arm: r["table"] for arm, r in results.items()}
     return report
 

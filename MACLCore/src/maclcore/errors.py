@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -55,7 +55,11 @@ class ConfigError(MaclError):
         super().__init__(f"{{{setting}}} {problem}")
 
 
-class TrainingInterrupted(MaclError):
+class Stopped(MaclError):
+    """A run stopped on request (Ctrl-C, SIGTERM or its stop file); the CLI exits with code 130."""
+
+
+class TrainingInterrupted(Stopped):
     """Training stopped on request (Ctrl-C or cancel); ``checkpoint`` is the resumable state (None: stopped
     before there was any)."""
 
@@ -63,3 +67,14 @@ class TrainingInterrupted(MaclError):
         self.checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
         super().__init__(f"stopped; progress saved in {self.checkpoint} (run again with {{resume}} to continue)"
                          if self.checkpoint else "stopped before training began; nothing was saved")
+
+
+class InferenceStopped(Stopped):
+    """Prediction or ranking stopped on request between two volumes; ``written`` are the complete outputs of the
+    volumes finished before (each written atomically: no partial file is left)."""
+
+    def __init__(self, done: int, total: int, written: Sequence[PathLike] = ()) -> None:
+        self.done, self.total = done, total
+        self.written = [os.fspath(path) for path in written]
+        kept = (f"; {len(self.written)} complete output(s) kept" if self.written else "; nothing was written")
+        super().__init__(f"stopped after {done} of {total} volume(s){kept}")

@@ -7,6 +7,7 @@ import sys
 
 from ..evaluation.evaluate import evaluate_folders, format_summary
 from ..labels import get_schema
+from ..io.guard import refuse_overwriting_inputs, schema_file
 from ..runtime.progress import Reporter
 from .options import add_schema_option
 
@@ -25,6 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    refuse_overwriting_inputs([("json_path", args.json)],  # before any work
+                              [("pred", args.pred), ("labels", args.labels),
+                               ("labels_schema", schema_file(args.labels_schema))])
     report = evaluate_folders(args.pred, args.labels, get_schema(args.labels_schema), args.json,
                               with_hd95=not args.no_hd95, reporter=reporter)
     if args.progress != "json":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from ..io.pairing import pair_cases
+from ..io.guard import refuse_overwriting_inputs, schema_file
+from ..io.naming import resume_path
+from ..io.pairing import find_images, pair_cases
 from ..labels import get_schema
 from ..training.finetune import FinetuneConfig, finetune
 from ..runtime.progress import Reporter
@@ -22,11 +24,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--images", required=True, help="folder of images (NIfTI, NRRD, MHA, DICOM series folders)")
     parser.add_argument("--labels", required=True, help="folder of label maps or .seg.nrrd segmentations")
     parser.add_argument("--out", required=True, help="model file to write, e.g. model.pt")
+    parser.add_argument("--unlabelled", nargs="+", metavar="IMAGES",
+                        help="unlabelled volumes (folders and/or files) to learn from too: crops of them are "
+                             "labelled by the model's weight average where it is confident (off by default: "
+                             "see benchmarks/results/acdc_defaults_cpu.json for what it adds per minute)")
     parser.add_argument("--init", help="start from this pretrained (maclcore pretrain) or segmentation model; a "
                                        "segmentation model is continued (all weights, its preprocessing) and "
                                        "recorded as the new model's parent in its lineage")
     defaults = FinetuneConfig()
     parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
+    parser.add_argument("--warmup", type=float,
+                        help=f"fraction of the steps over which the learning rate rises to --lr (default {defaults.warmup})")
+    parser.add_argument("--crop", type=int, metavar="PIXELS",
+                        help="train on crops of this side (a multiple of 16) around the labelled structures; "
+                             "inference still sees whole slices (default: about 240 mm; 0: whole slices)")
+    parser.add_argument("--foreground", type=float,
+                        help=f"share of crops centred on a labelled voxel of a class drawn uniformly, the rest at "
+                             f"random (default {defaults.foreground})")
     parser.add_argument("--dice-weight", type=float,
                         help=f"weight of the Dice loss added to cross-entropy (default {defaults.dice_weight})")
     parser.add_argument("--val-fraction", type=float,
@@ -46,14 +60,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     base = FinetuneConfig()
     return replace(base, loop=loop_config(args, base.loop), augmentation=augmentation_config(args, base.augmentation),
-                   **given(args, lr="lr", dice_weight="dice_weight", val_fraction="val_fraction",
+                   **given(args, lr="lr", warmup="warmup", crop="crop", foreground="foreground",
+                           dice_weight="dice_weight", val_fraction="val_fraction",
                            min_val_groups="min_val_groups",
                            spacing="spacing", size="size", channels="channels"))
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    refuse_overwriting_inputs([("output", [args.out, resume_path(args.out)])],  # before any work
+                              [("images", args.images), ("labels", args.labels), ("init", args.init),
+                               *[("unlabelled", path) for path in args.unlabelled or []],
+                               ("labels_schema", schema_file(args.labels_schema))])
     cases = pair_cases(args.images, args.labels)
+    unlabelled = find_images(args.unlabelled) if args.unlabelled else []
     finetune(cases, args.out, config_from_args(args), schema=get_schema(args.labels_schema), init=args.init,
              device=args.device, reporter=reporter, resume=args.resume, stop_file=args.stop_file,
-             storage=storage_config(args))
+             storage=storage_config(args), unlabelled=unlabelled)
     return 0

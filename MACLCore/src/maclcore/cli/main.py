@@ -11,7 +11,7 @@ import traceback
 from typing import Any, Iterator, List, Optional
 
 from .. import __version__
-from ..errors import MaclError, TrainingInterrupted
+from ..errors import MaclError, Stopped
 from ..runtime.progress import Reporter, make_reporter
 from ..runtime.device import is_out_of_memory
 from . import cache, demo, evaluate, finetune, predict, pretrain, suggest
@@ -72,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with terminate_as_interrupt():
             return int(args.run(args, reporter) or 0)
-    except TrainingInterrupted as exc:
+    except Stopped as exc:  # training, prediction or ranking stopped on request
         reporter.close()
         reporter.message(exc.render(flag_name))
         print(f"{prog}: {exc.render(flag_name)}", file=sys.stderr)

@@ -15,7 +15,8 @@ from ..data.storage import SliceStorage
 # Engine settings (configuration fields and API arguments, as the engine's messages name them) and the
 # options that set them. A setting that no option sets is shown under its own name.
 FLAGS = {
-    "epochs": "--epochs", "batch_size": "--batch-size", "steps_per_epoch": "--steps-per-epoch", "seed": "--seed",
+    "epochs": "--epochs", "time_budget": "--time-budget", "ema_decay": "--ema-decay", "crop": "--crop",
+    "foreground": "--foreground", "batch_size": "--batch-size", "steps_per_epoch": "--steps-per-epoch", "seed": "--seed",
     "checkpoint_every": "--checkpoint-every", "amp": "--no-amp", "compile": "--compile", "resume": "--resume",
     "stop_file": "--stop-file", "lr": "--lr", "warmup": "--warmup", "dice_weight": "--dice-weight",
     "val_fraction": "--val-fraction", "min_val_groups": "--min-val-groups", "spacing": "--spacing", "size": "--size",
@@ -28,6 +29,7 @@ FLAGS = {
     "storage.cache_dir": "--cache-dir", "storage.max_memory": "--max-memory",
     "storage.cache_dtype": "--cache-dtype", "model": "--model", "pred": "--pred",
     "pretrain_epochs": "--pretrain-epochs", "finetune_epochs": "--finetune-epochs", "unlabelled": "--unlabelled",
+    "labelled": "--labelled",
 }
 
 
@@ -53,14 +55,24 @@ def _pair(text: str) -> Tuple[float, float]:
 
 def add_loop_options(parser: argparse.ArgumentParser, defaults: LoopConfig) -> None:
     group = parser.add_argument_group("training length")
-    group.add_argument("--epochs", type=int, help=f"passes over the training slices (default {defaults.epochs})")
+    group.add_argument("--time-budget", type=float, metavar="MINUTES",
+                       help="minutes the run may take, reading the data included: the first steps are timed, then "
+                            "the number of steps is fixed so that it ends on time and the learning-rate schedule "
+                            "completes (default: 10 on a CPU unless --epochs is given, none on a GPU; 0: none)")
+    group.add_argument("--epochs", type=int,
+                       help="passes over the training slices (default: as many as the time budget allows, "
+                            "100 without a budget; with --time-budget an upper bound)")
+    group.add_argument("--ema-decay", type=float,
+                       help="keep an average of the weights with this decay as the model (0: the weights "
+                            f"themselves; default {defaults.ema_decay or 0})")
     group.add_argument("--batch-size", type=int, help=f"slices per step and process (default {defaults.batch_size})")
     group.add_argument("--steps-per-epoch", type=int,
                        help="steps per epoch (default: one pass over the slices)")
     group.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
     group.add_argument("--checkpoint-every", type=int,
                        help=f"save the resumable state every N epochs (default {defaults.checkpoint_every})")
-    group.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
+    group.add_argument("--no-amp", action="store_true",
+                       help="train in float32 (default: bf16 autocast, on CUDA and on CPUs)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the network: a slower start, faster steps (worth it on a GPU)")
     group.add_argument("--resume", action="store_true",
@@ -69,10 +81,20 @@ def add_loop_options(parser: argparse.ArgumentParser, defaults: LoopConfig) -> N
                                            "cancel used by the Slicer module (Ctrl-C and SIGTERM work too)")
 
 
+def add_stop_file_option(parser: argparse.ArgumentParser) -> None:
+    """``--stop-file`` of the inference commands (predict, suggest): checked between volumes."""
+    parser.add_argument("--stop-file", help="stop cleanly before the next volume when this file appears (exit "
+                                            "code 130, no partial output); the portable cancel used by the "
+                                            "Slicer module")
+
+
 def loop_config(args: argparse.Namespace, base: LoopConfig) -> LoopConfig:
-    return replace(base, **given(args, epochs="epochs", batch_size="batch_size", steps_per_epoch="steps_per_epoch",
-                                 seed="seed", checkpoint_every="checkpoint_every"),
-                   amp=base.amp and not args.no_amp, compile=base.compile or args.compile)
+    config = replace(base, **given(args, epochs="epochs", time_budget="time_budget", batch_size="batch_size",
+                                   steps_per_epoch="steps_per_epoch", seed="seed", checkpoint_every="checkpoint_every"),
+                     amp=base.amp and not args.no_amp, compile=base.compile or args.compile)
+    if args.ema_decay is not None:
+        config = replace(config, ema_decay=args.ema_decay or None)
+    return config
 
 
 def add_augmentation_options(parser: argparse.ArgumentParser) -> None:
@@ -84,11 +106,12 @@ def add_augmentation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scale", type=_pair, metavar="LOW,HIGH",
                        help=f"zoom range (default {defaults.scale[0]},{defaults.scale[1]})")
     group.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    group.add_argument("--no-flip", action="store_true", help="no random mirroring (finetuning mirrors by default)")
 
 
 def augmentation_config(args: argparse.Namespace, base: AugmentationConfig) -> AugmentationConfig:
     return replace(base, **given(args, rotation="rotation", translation="translation", scale="scale"),
-                   enabled=base.enabled and not args.no_augment)
+                   enabled=base.enabled and not args.no_augment, flip=base.flip and not args.no_flip)
 
 
 def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..inference.predict import predict_files
+from ..inference.predict import output_paths, predict_files
+from ..io.guard import refuse_overwriting_inputs
 from ..io.pairing import find_images
 from ..runtime.progress import Reporter
+from .options import add_stop_file_option
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,11 +26,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                                                    "halved automatically when memory runs out)")
     parser.add_argument("--no-postprocess", action="store_true",
                         help="keep every predicted island (default: keep each label's largest connected component)")
+    add_stop_file_option(parser)
     return parser
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     images = [case.image for case in find_images(args.image)]
+    refuse_overwriting_inputs([("output", output_paths(images, args.out, args.format))],  # before any work
+                              [("images", args.image), ("model", args.model)])
     predict_files(args.model, images, args.out, fmt=args.format, device=args.device, batch_size=args.batch_size,
-                  postprocess=not args.no_postprocess, reporter=reporter)
+                  postprocess=not args.no_postprocess, reporter=reporter, stop_file=args.stop_file)
     return 0

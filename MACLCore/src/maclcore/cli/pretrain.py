@@ -6,6 +6,8 @@ import argparse
 from dataclasses import replace
 
 from ..errors import MaclError
+from ..io.guard import refuse_overwriting_inputs
+from ..io.naming import resume_path
 from ..io.pairing import find_images
 from ..losses.mlc import MLCLossConfig
 from ..models.macl import MACLNetConfig
@@ -64,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     if not args.images and not args.cache_dir:
         raise MaclError("give --images, or --cache-dir with a slice cache built before")
+    refuse_overwriting_inputs([("output", [args.out, resume_path(args.out)])], [("images", args.images)])
     storage = storage_config(args)
     cases = find_images(args.images) if args.images else []
     pretrain(cases, args.out, config_from_args(args), device=args.device, reporter=reporter,

@@ -6,7 +6,9 @@ import argparse
 import sys
 
 from ..active.suggest import format_table, suggest
+from ..io.guard import refuse_overwriting_inputs
 from ..runtime.progress import Reporter
+from .options import add_stop_file_option
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,12 +31,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "augmentation, faster)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16; "
                                                                    "halved automatically when memory runs out)")
+    add_stop_file_option(parser)
     return parser
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    refuse_overwriting_inputs([("json_path", args.json)],  # before any work
+                              [("model", args.model), ("images", args.images), ("labelled", args.labelled)])
     report = suggest(args.model, args.images, args.labelled, top=args.top, json_path=args.json, device=args.device,
-                     turns=args.rotations, batch_size=args.batch_size, reporter=reporter)
+                     turns=args.rotations, batch_size=args.batch_size, reporter=reporter,
+                     stop_file=args.stop_file)
     if args.progress != "json":
         print(format_table(report), file=sys.stdout)
     return 0

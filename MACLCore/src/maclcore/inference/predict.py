@@ -10,15 +10,17 @@ import numpy as np
 import torch
 
 from ..config import from_dict
-from ..data.preprocessing import (PreparedVolume, PreprocessingConfig, pad_slices, padded_size, prepare_volume,
-                                  restore_probabilities)
-from ..errors import ConfigError, InputError, MaclError, PathLike
+from ..data.preprocessing import (PreparedVolume, PreprocessingConfig, padded_size, prepare_volume,
+                                  restore_probabilities, stack_slices)
+from ..errors import ConfigError, InferenceStopped, InputError, MaclError, PathLike
 from ..io.naming import LABEL_EXTENSIONS, case_name, split_extension
 from ..io.segmentation import write_label_map
 from ..io.volume import Volume, read_geometry, read_volume
 from ..labels import LabelSchema
 from ..models.unet import UNet, UNetConfig
-from ..io.checkpoint import load_checkpoint
+from ..io.checkpoint import check_shapes, load_checkpoint
+from ..io.guard import refuse_overwriting_inputs
+from ..runtime.control import StopRequest
 from ..runtime.progress import Reporter
 from ..runtime.device import autocast, map_in_batches, resolve_device
 from .postprocess import keep_largest_component
@@ -42,22 +44,41 @@ class SegmentationModel:
 
 def load_segmentation_model(path: PathLike, device: torch.device = torch.device("cpu")) -> SegmentationModel:
     """Rebuild a segmentation model from its self-describing file."""
-    data = load_checkpoint(path, kinds=("segmentation",))
+    data = load_checkpoint(path, kinds=("segmentation",))  # bounded widths, finite weights
+    check_network_shapes(path, data)
     try:
         network = UNet(from_dict(UNetConfig, data["model"]))
         network.load_state_dict(data["state_dict"])
         schema = LabelSchema.from_dict(data["labels"])
         preprocessing = from_dict(PreprocessingConfig, data["preprocessing"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+    except (KeyError, RuntimeError, TypeError, ValueError, ConfigError) as exc:
+        # A ConfigError here is the file's settings, not the user's: say so, naming the file.
         raise InputError(path, f"is an incomplete or inconsistent model file ({str(exc).splitlines()[0][:150]})") from None
     if schema.num_classes != network.config.num_classes:
         raise InputError(path, f"names {len(schema.names)} labels but its network has "
                                f"{network.config.num_classes - 1} foreground outputs")
     info = {k: v for k, v in data.items() if k != "state_dict"}
     network = network.to(device).eval()
-    if device.type == "cuda":
-        network = network.to(memory_format=torch.channels_last)  # tensor-core convolutions without conversions
+    # channels_last on CPUs too: with bf16 autocast the convolutions skip layout conversions (oneDNN)
+    network = network.to(memory_format=torch.channels_last)
     return SegmentationModel(network, schema, preprocessing, info)
+
+
+def check_network_shapes(path: PathLike, data: Dict[str, Any]) -> None:
+    """Check a loaded model file's tensors against the U-Net it describes, before that network is built.
+
+    The network is built on the meta device (shapes only, no memory), so a small file describing a huge
+    network costs nothing; a segmentation model must hold exactly the network's tensors, a pretrained one
+    (which also holds projection heads) only tensors of the right shapes.
+    """
+    try:
+        config = from_dict(UNetConfig, data["model"])
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in UNet(config).state_dict().items()}
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"is an inconsistent model file: its network cannot be built ({exc})") from None
+    check_shapes(path, data["state_dict"], expected, f"widths {tuple(config.channels)}, {config.num_classes} classes",
+                 exact=data.get("kind") == "segmentation")
 
 
 @torch.no_grad()
@@ -78,7 +99,7 @@ def predict_prepared(model: SegmentationModel, prepared: PreparedVolume, batch_s
     """Class probabilities (Z, C, H, W) on the input's own slice grid."""
     shape = prepared.image.shape[-2:]
     size = padded_size(shape, model.preprocessing)
-    images = torch.from_numpy(pad_slices(prepared.image, size))[:, None]
+    images = stack_slices([prepared.image], size)
     probs = predict_slices(model.network, images, batch_size)
     return restore_probabilities(probs, shape, prepared.geometry)
 
@@ -114,28 +135,36 @@ def output_paths(images: Sequence[str], output: str, fmt: str) -> List[str]:
     return [os.path.join(output, name + fmt) for name in names]
 
 
-def check_inputs(images: Sequence[str], targets: Sequence[str], batch_size: int) -> None:
-    """Refuse, before any work, an output that would overwrite its input, and image files with a bad header."""
+def check_inputs(images: Sequence[str], targets: Sequence[str], batch_size: int,
+                 model: Optional[PathLike] = None) -> None:
+    """Refuse, before any work, an output that would overwrite an input (any image, the model; also through
+    hard or symbolic links), and image files with a bad header."""
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
-    for image, target in zip(images, targets):
-        if os.path.exists(target) and os.path.samefile(image, target):
-            raise InputError(target, "is an input image; the prediction would overwrite it (choose another {output})")
+    refuse_overwriting_inputs([("output", targets)], [("images", images), ("model", model)])
+    for image in images:
         if not os.path.isdir(image):
             read_geometry(image)
 
 
 def predict_files(model_path: PathLike, images: Sequence[str], output: str, fmt: str = "nii.gz",
                   device: str = "auto", batch_size: int = 16, postprocess: bool = True,
-                  reporter: Optional[Reporter] = None) -> List[str]:
-    """Segment image files and write one label file per image (atomically). Returns the written paths."""
+                  reporter: Optional[Reporter] = None, stop_file: Optional[str] = None) -> List[str]:
+    """Segment image files and write one label file per image (atomically). Returns the written paths.
+
+    When ``stop_file`` exists before a volume is started, raises :class:`InferenceStopped`; the volumes finished
+    before keep their complete files, and nothing partial is left (every write is atomic).
+    """
     reporter = reporter or Reporter()
+    stop = StopRequest(stop_file)
     targets = output_paths(images, output, fmt)
-    check_inputs(images, targets, batch_size)
+    check_inputs(images, targets, batch_size, model_path)
     model = load_segmentation_model(model_path, resolve_device(device))
     reporter.stage("predict", len(images))
     written = []
     for index, (image, target) in enumerate(zip(images, targets)):
+        if stop.requested:  # between volumes: a volume is never left half-predicted
+            raise InferenceStopped(index, len(images), written)
         volume = read_volume(image)
         labels = predict_volume(model, volume, batch_size, postprocess)
         write_label_map(labels, volume.geometry, target, model.schema)

@@ -60,7 +60,7 @@ class JsonReporter(Reporter):
         self.stream = stream or sys.stdout
 
     def _emit(self, **fields: Any) -> None:
-        self.stream.write(json.dumps(_clean(fields)) + "\n")
+        self.stream.write(json.dumps(_clean(fields), allow_nan=False) + "\n")
         self.stream.flush()
 
     def stage(self, name: str, total: Optional[int] = None) -> None:
@@ -102,7 +102,7 @@ class TqdmReporter(Reporter):
         bar.update(step - bar.n)
         postfix = {}
         if "epoch" in fields:
-            postfix["epoch"] = f"{fields['epoch']}/{fields.get('epochs', '?')}"
+            postfix["epoch"] = f"{fields['epoch']}/{fields.get('epochs') or '?'}"
         if fields.get("loss") is not None:
             postfix["loss"] = f"{fields['loss']:.4f}"
         for key, value in (fields.get("metrics") or {}).items():
