@@ -83,6 +83,8 @@ class MACLSegmentParameterNode:
     finetuneOutput: pathlib.Path
     segmentModel: pathlib.Path
     segmentVolume: vtkMRMLScalarVolumeNode
+    # A cine's frames to segment: MACLSegmentLib.sequences.FRAME_CHOICES (a test checks they are the same)
+    segmentFrames: Annotated[str, Choice(["shown frame", "ED and ES", "every frame"])] = "shown frame"
     segmentShow3D: bool = False
     segmentOutput: vtkMRMLSegmentationNode  # None: a new segmentation (the default)
 

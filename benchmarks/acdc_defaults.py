@@ -6,6 +6,7 @@ patients (20 volumes, ED + ES), which no training draw contains. ``--reference``
 flags given after it (e.g. the previous default recipe under the same budget), in the same run.
 
     python benchmarks/acdc_defaults.py --m 2 4
+    python benchmarks/acdc_defaults.py --m 2 4 --draw 1 --tta        # another draw; scored with and without TTA
     python benchmarks/acdc_defaults.py --m 4 --reference old "--spacing 1.5625 --channels 32,64,128,256,512 \
         --crop 0 --batch-size 8 --lr 5e-4 --warmup 0 --ema-decay 0 --no-flip"
 
@@ -28,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from acdc_subset import DEFAULT_ACDC, make_subset, patients  # noqa: E402
+from common import bf16_flags, cpu_model  # noqa: E402
 from study import draws  # noqa: E402
 
 EVAL = [2, 22, 42, 62, 82, 3, 23, 43, 63, 83]  # the study's evaluation patients
@@ -46,7 +48,8 @@ def _maclcore(args: Sequence[str], log: str) -> float:
     return time.perf_counter() - started
 
 
-def run_arm(name: str, flags: List[str], chosen: List[int], work: str, data: str, log: str) -> Dict[str, object]:
+def run_arm(name: str, flags: List[str], chosen: List[int], work: str, data: str, log: str,
+            tta: bool = False) -> Dict[str, object]:
     import torch
 
     train = make_subset(os.path.join(work, f"train_{'_'.join(map(str, chosen))}"), chosen, data)
@@ -62,19 +65,26 @@ def run_arm(name: str, flags: List[str], chosen: List[int], work: str, data: str
             handle.write(str(finetune_s))
     with open(timing) as handle:
         finetune_s = float(handle.read())
-    predict_s = _maclcore(["predict", "--model", model, "--image", os.path.join(evaluation, "imagesTr"),
-                           "--out", predictions], log)
-    _maclcore(["evaluate", "--pred", predictions, "--labels", os.path.join(evaluation, "labelsTr"),
-               "--json", report], log)
-    with open(report) as handle:
-        summary = json.load(handle)["summary"]
+    def scored(variant: str, flags: List[str]) -> Dict[str, object]:
+        """Predict the evaluation volumes with ``flags`` and score them: Dice per class, mean, minutes."""
+        folder, json_path = f"{predictions}{variant}", report.replace(".json", f"{variant}.json")
+        seconds = _maclcore(["predict", "--model", model, "--image", os.path.join(evaluation, "imagesTr"),
+                             "--out", folder, *flags], log)
+        _maclcore(["evaluate", "--pred", folder, "--labels", os.path.join(evaluation, "labelsTr"),
+                   "--json", json_path], log)
+        with open(json_path) as handle:
+            summary = json.load(handle)["summary"]
+        return {"dice": {k: v["dice"]["mean"] for k, v in summary.items() if k != "mean_foreground"},
+                "mean_dice": summary["mean_foreground"]["dice"]["mean"], "predict_minutes": round(seconds / 60, 2)}
+
+    plain = scored("", [])
+    variants = {"tta": scored("_tta", ["--tta"])} if tta else {}
     saved = torch.load(model, weights_only=True)
-    per_class = {k: v["dice"]["mean"] for k, v in summary.items() if k != "mean_foreground"}
     return {"arm": name, "flags": flags, "m": len(chosen), "patients": chosen,
-            "finetune_minutes": round(finetune_s / 60, 2), "predict_minutes_20_volumes": round(predict_s / 60, 2),
+            "finetune_minutes": round(finetune_s / 60, 2), "predict_minutes_20_volumes": plain["predict_minutes"],
             "plan": saved["training"].get("plan", {}).get("line"),
-            "steps": saved["training"]["history"][-1]["step"], "dice": per_class,
-            "mean_dice": summary["mean_foreground"]["dice"]["mean"]}
+            "steps": saved["training"]["history"][-1]["step"], "dice": plain["dice"],
+            "mean_dice": plain["mean_dice"], **({"inference": variants} if variants else {})}
 
 
 def main(argv: Sequence[str] = None) -> int:
@@ -87,6 +97,11 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--with-unlabelled", type=int, default=0, metavar="N",
                         help="add an arm: the defaults plus --unlabelled with N other pool patients' images "
                              "(both frames; never evaluation or training patients)")
+    parser.add_argument("--tta", action="store_true",
+                        help="also predict with --tta (flipped slices averaged) and score that, from the same model")
+    parser.add_argument("--output", default=None,
+                        help="results file (default: results/acdc_defaults_<cpu|cuda>.json; another machine's runs "
+                             "belong in another file)")
     parser.add_argument("--data", default=DEFAULT_ACDC)
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -98,7 +113,7 @@ def main(argv: Sequence[str] = None) -> int:
     log = os.path.join(work, "log.txt")
     pool = [p for p in patients(args.data) if p not in set(EVAL)]
     arms = ([] if args.skip_default else [("default", [])]) + [(n, shlex.split(f)) for n, f in args.reference]
-    out = os.path.join(HERE, "results", f"acdc_defaults_{'cpu' if device == 'cpu' else 'cuda'}.json")
+    out = args.output or os.path.join(HERE, "results", f"acdc_defaults_{'cpu' if device == 'cpu' else 'cuda'}.json")
     results = json.load(open(out)) if os.path.exists(out) else {"runs": []}
     order = draws(pool, [len(pool)], args.draw + 1, 0)[len(pool)][args.draw]
     for m in args.m:
@@ -110,8 +125,9 @@ def main(argv: Sequence[str] = None) -> int:
             folder = make_subset(os.path.join(work, "unlabelled"), others, args.data, images_only=True)
             extra = [("unlabelled", ["--unlabelled", os.path.join(folder, "imagesTr")])]
         for name, flags in arms + extra:
-            entry = run_arm(name, flags, chosen, work, args.data, log)
-            entry.update(device=device, threads=torch.get_num_threads(), torch=torch.__version__,
+            entry = run_arm(name, flags, chosen, work, args.data, log, args.tta)
+            entry.update(device=device, cpu=cpu_model(), cpu_flags=bf16_flags(), threads=torch.get_num_threads(),
+                         torch=torch.__version__,
                          date=time.strftime("%Y-%m-%d %H:%M"))
             print(json.dumps(entry), flush=True)
             results["runs"] = [r for r in results["runs"] if (r["arm"], r["m"], r.get("patients")) !=

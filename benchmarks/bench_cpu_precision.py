@@ -8,7 +8,8 @@ over ``--steps`` steps after ``--warmup`` and each setting's speed-up over fp32 
     python benchmarks/bench_cpu_precision.py                       # 16-256 and 32-512, 128^2 and 256^2, batch 8
     python benchmarks/bench_cpu_precision.py --steps 3 --sizes 128
 
-Results go to benchmarks/results/cpu_precision_<device>.json (device name, versions and settings included).
+Results go to benchmarks/results/cpu_precision_<device>.json (device name, its bf16 flags, the choice MACLCore's
+probe makes on it, versions and settings included).
 No timings are asserted anywhere: the machine may be shared.
 """
 
@@ -22,7 +23,7 @@ import time
 
 import torch
 
-from common import cpu_model, save_report
+from common import bf16_flags, cpu_model, save_report
 
 from maclcore.losses.segmentation import segmentation_loss
 from maclcore.models.unet import UNet, UNetConfig
@@ -76,7 +77,11 @@ def main() -> None:
                 row[f"speedup_{label}"] = round(row["fp32_s"] / row[f"{label}_s"], 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    from maclcore.runtime.device import cpu_bf16_pays
+
+    result = {"device": device, "cpu_flags": bf16_flags(),
+              "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "maclcore_uses_bf16": cpu_bf16_pays(),
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
               "steps": args.steps, "warmup": args.warmup, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "rows": rows}
     output = save_report(result, args.output, "cpu_precision", "cpu")

@@ -148,3 +148,13 @@ def versions() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     return (f"maclcore {maclcore.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
             f"device {device}")
+
+
+def bf16_flags() -> list:
+    """The CPU's bf16-related feature flags (Linux), to tell machines with the same model name apart."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next(line.split(":", 1)[1].split() for line in handle if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))

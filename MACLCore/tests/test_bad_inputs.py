@@ -22,7 +22,9 @@ from maclcore.errors import MaclError
 from maclcore.evaluation.evaluate import evaluate_folders
 from maclcore.inference.predict import predict_files
 from maclcore.io.pairing import find_images, pair_cases
+from maclcore.io.segmentation import label_geometry, write_label_map
 from maclcore.io.volume import Geometry, read_geometry, write_volume
+from maclcore.labels import CARDIAC
 from maclcore.io.checkpoint import load_checkpoint, save_checkpoint
 from maclcore.training.finetune import FinetuneConfig, finetune
 from maclcore.training.loop import LoopConfig
@@ -154,7 +156,15 @@ IMAGE_DEFECTS = {
     "tiny-spacing": (lambda s, c: _write(PHANTOM.image, Path(f"{s}.nii.gz"), spacing=(1e-4, 1e-4, 8)), "spacing"),
     "zero-spacing": (_zero_spacing, "spacing"),
     "fake-dicom-folder": (_fake_dicom, "DICOM"),
+    # A Slicer segmentation given as the scan: ITK reads it as a volume of label values.
+    "segmentation-as-image": (lambda s, c: _seg_as_image(Path(f"{s}.seg.nrrd")),
+                              "is a Slicer segmentation"),
 }
+
+
+def _seg_as_image(path: Path) -> Path:
+    write_label_map(PHANTOM.labels, PHANTOM.geometry, path, CARDIAC)
+    return path
 
 
 def _spoil_image(ctx: Ctx, kind: str, in_folder: bool) -> Path:
@@ -179,7 +189,11 @@ def test_predict_refuses_bad_image(ctx, capfd, kind):
     ctx.check_nothing_left()
 
 
-@pytest.mark.parametrize("kind", sorted(set(IMAGE_DEFECTS) - {"missing"}))
+# In an images folder a .seg.nrrd is not taken for an image at all; given by name, it is refused (below).
+IN_FOLDER = sorted(set(IMAGE_DEFECTS) - {"segmentation-as-image"})
+
+
+@pytest.mark.parametrize("kind", sorted(set(IN_FOLDER) - {"missing"}))
 def test_finetune_refuses_bad_image(ctx, capfd, kind):
     bad = _spoil_image(ctx, kind, in_folder=True)
     code, out, err = run_cli(["finetune", "--images", ctx.images, "--labels", ctx.labels,
@@ -188,7 +202,7 @@ def test_finetune_refuses_bad_image(ctx, capfd, kind):
     ctx.check_nothing_left()
 
 
-@pytest.mark.parametrize("kind", sorted(IMAGE_DEFECTS))
+@pytest.mark.parametrize("kind", IN_FOLDER)
 def test_pretrain_refuses_bad_image(ctx, capfd, kind):
     bad = _spoil_image(ctx, kind, in_folder=kind != "missing")
     sources = [ctx.images] if kind != "missing" else [ctx.images, bad]
@@ -204,11 +218,20 @@ def test_api_refuses_bad_image(ctx, kind):
     with pytest.raises(MaclError, match=IMAGE_DEFECTS[kind][1]) as raised:
         predict_files(ctx.model, [str(bad)], str(ctx.out), device="cpu")
     assert str(bad) in str(raised.value)
-    if kind != "missing":
+    if kind not in ("missing", "segmentation-as-image"):
         bad = _spoil_image(ctx, kind, in_folder=True)
         with pytest.raises(MaclError, match=IMAGE_DEFECTS[kind][1]) as raised:
             pretrain(find_images([ctx.images]), ctx.out / "pre.pt", pretrain_config(loop=TINY_LOOP), device="cpu")
         assert str(bad) in str(raised.value)
+    ctx.check_nothing_left()
+
+
+def test_a_segmentation_named_as_an_image_is_refused_by_every_command(ctx, capfd):
+    seg = _seg_as_image(ctx.bad / "other_case.seg.nrrd")
+    for argv in (["pretrain", "--images", ctx.images, seg, "--out", ctx.out / "pre.pt"] + TINY_TRAIN,
+                 ["suggest", "--model", ctx.model, "--images", seg, "--json", ctx.out / "s.json"] + TINY_NET[4:]):
+        code, out, err = run_cli(argv, capfd)
+        assert_one_line_error(code, out, err, [seg], "is a Slicer segmentation")
     ctx.check_nothing_left()
 
 
@@ -590,7 +613,7 @@ def test_odd_but_valid_inputs_work_on_every_entry_point(ctx, capfd, kind):
                            + TINY_NET[4:], capfd)
     assert code == 0, err
     prediction = next(out.iterdir())
-    assert read_geometry(prediction).matches(read_geometry(image)), "prediction is not on the input's grid"
+    assert label_geometry(prediction).matches(read_geometry(image)), "prediction is not on the input's grid"
     for name in os.listdir(folder / "imagesTr"):  # train on the odd case together with the normal ones
         shutil.copy(folder / "imagesTr" / name, ctx.images / name)
     for name in os.listdir(folder / "labelsTr"):

@@ -128,6 +128,11 @@ def test_finetune_under_a_budget_fixes_its_steps_and_records_the_plan(tmp_path, 
     assert any(m.startswith("plan: finetune at 6 mm") and f"{steps} steps" in m for m in messages), messages
     saved = torch.load(tmp_path / "m.pt", weights_only=True)
     assert saved["training"]["plan"]["steps"] == steps and saved["training"]["plan"]["budget_minutes"] == 0.5
+    from maclcore.runtime.device import precision
+
+    # The plan says what the run computes in: bf16 only where this CPU is faster in it.
+    assert saved["training"]["plan"]["precision"] == precision(torch.device("cpu"), True)
+    assert saved["training"]["plan"]["line"].endswith(f"on cpu ({precision(torch.device('cpu'), True)})")
 
 
 def test_a_stopped_budget_run_resumes_to_the_same_end(tmp_path, monkeypatch):

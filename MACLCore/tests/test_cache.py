@@ -252,3 +252,40 @@ def test_cache_builder_command(phantoms, tmp_path, capsys):
     manifest = json.load(open(os.path.join(folder, "manifest.json")))
     assert manifest["schema"]["names"] == list(CARDIAC.names) and manifest["requested"] == {"spacing": 6.0, "size": None}
     assert main(args) == 0 and "up to date" in capsys.readouterr().out
+
+
+def test_an_interrupted_build_leaves_no_partial_arrays(phantoms, tmp_path):
+    """Ctrl-C (or any failure) part-way through: no large .partial files, no manifest, and the error goes on."""
+    from maclcore.data.cache import build_cache
+    from maclcore.data.dataset import read_case_geometries
+    from maclcore.data.preprocessing import plan_preprocessing
+    from maclcore.io.pairing import pair_cases
+
+    cases = pair_cases(images_of(phantoms["train"]), labels_of(phantoms["train"]))
+    geometries = read_case_geometries(cases)
+    plan = plan_preprocessing(geometries, spacing=6.0)
+
+    def interrupt_after_first(index, count, name):
+        assert os.path.exists(os.path.join(tmp_path, "c", "images.npy.partial"))  # the build was under way
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(str(tmp_path / "c"), cases, plan, [g.size[2] for g in geometries], CARDIAC, "float32",
+                    (6.0, None), interrupt_after_first)
+    assert sorted(os.listdir(tmp_path / "c")) == []
+
+
+def test_ctrl_c_during_the_cache_command_is_one_line_and_exit_130(tmp_path):
+    import signal
+
+    from reliability_utils import finish, read_events, start_child, write_cases
+
+    data = write_cases(tmp_path / "data", 24, slices=8)
+    child = start_child(["cache", "--images", data / "imagesTr", "--labels", data / "labelsTr",
+                         "--cache-dir", tmp_path / "c", "--spacing", "1", "--progress", "json"], tmp_path / "err")
+    read_events(child, lambda event: event.get("event") == "progress", timeout=120)
+    child.send_signal(signal.SIGINT)
+    assert finish(child) == 130
+    lines = [line for line in (tmp_path / "err").read_text().splitlines() if line.strip()]
+    assert lines == ["maclcore cache: interrupted"]
+    assert [n for n in os.listdir(tmp_path / "c") if n != ".lock" and not n.endswith(".lock")] == []

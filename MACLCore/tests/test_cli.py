@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from maclcore.io.segmentation import read_label_map
+from maclcore.io.segmentation import label_geometry, read_label_map
 from maclcore.io.volume import read_geometry
 from maclcore.labels import CARDIAC
 
@@ -58,7 +58,7 @@ def test_predict_writes_each_format_on_the_input_grid(phantoms, model, tmp_path,
     reference = read_geometry(image)
     labels = read_label_map(out, CARDIAC, reference)
     assert labels.shape == reference.shape
-    assert read_geometry(out).matches(reference, tolerance=1e-5)
+    assert label_geometry(out).matches(reference, tolerance=1e-5)
 
 
 def test_predict_folder_then_evaluate_writes_a_report(phantoms, model, tmp_path):
@@ -84,3 +84,30 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert set(report["mean_dice"]) == {"random init", "MACL pretrained"}
     assert (tmp_path / "demo" / "overlay.png").stat().st_size > 1000
     assert "mean foreground Dice" in result.stdout
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["predict", "--progress", "json", "--model", "m.pt", "--image", "i.nii.gz", "--out", "o", "--batch-size", "x"],
+     "argument --batch-size: invalid int value: 'x'"),
+    (["finetune", "--progress=json"], "the following arguments are required: --images, --labels, --out"),
+    (["evaluate", "--pred", "p", "--labels", "l", "--progress", "json", "--no-such-option"],
+     "unrecognized arguments: --no-such-option"),
+])
+def test_a_rejected_option_is_an_error_event_for_json_progress(tmp_path, argv, problem):
+    """A program reading --progress json learns why the command ended, as for every other error."""
+    stdout, stderr = tmp_path / "out", tmp_path / "err"
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        result = subprocess.run([sys.executable, "-m", "maclcore", *argv], stdout=out, stderr=err, timeout=120)
+    assert result.returncode == 2
+    events = [json.loads(line) for line in stdout.read_text().splitlines()]
+    assert len(events) == 1 and events[0]["event"] == "error" and problem in events[0]["message"]
+    assert problem in stderr.read_text() and "usage: maclcore" in stderr.read_text()  # people see it as before
+
+
+def test_without_json_progress_a_rejected_option_prints_only_usage(capfd):
+    from maclcore.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--model", "m.pt"])
+    out, err = capfd.readouterr()
+    assert exited.value.code == 2 and out == "" and "the following arguments are required: --image, --out" in err

@@ -11,7 +11,8 @@ import SimpleITK as sitk
 from maclcore.errors import InputError
 from maclcore.io.naming import split_extension
 from maclcore.io.pairing import find_images, pair_cases
-from maclcore.io.segmentation import read_label_map, read_seg_nrrd, write_label_map
+from maclcore.io.seg_nrrd import read_seg_nrrd
+from maclcore.io.segmentation import read_label_map, write_label_map
 from maclcore.io.volume import Geometry, read_geometry, read_volume, write_volume
 from maclcore.labels import CARDIAC
 
@@ -161,6 +162,30 @@ def test_dicom_series_folder_reads_as_one_volume(tmp_path):
     assert np.allclose(volume.geometry.origin, (-10.0, 20.0, 30.0))
     cases = find_images([str(tmp_path)])
     assert [c.name for c in cases] == ["series"]
+
+
+def test_dicom_series_with_a_missing_or_repeated_slice_is_refused(tmp_path):
+    """GDCM sorts slices by position and ITK takes the spacing of the first two: a gap or a repeat would put
+    every later slice millimetres off. Both are refused, naming the slices."""
+    array = (np.arange(6 * 6 * 5).reshape(6, 6, 5) % 97).astype(np.int16)
+    write_dicom_series(str(tmp_path / "gap"), array, spacing=(0.8, 0.8, 6.0), origin=(-10.0, 20.0, 30.0))
+    os.remove(tmp_path / "gap" / "slice003.dcm")
+    with pytest.raises(InputError, match=r"uneven slice spacing: 12 mm between slice002.dcm and slice004.dcm, "
+                                         r"6 mm elsewhere \(a missing slice\?\)"):
+        read_volume(tmp_path / "gap")
+    write_dicom_series(str(tmp_path / "repeat"), array, spacing=(0.8, 0.8, 6.0), origin=(-10.0, 20.0, 30.0))
+    image = sitk.ReadImage(str(tmp_path / "repeat" / "slice002.dcm"))
+    image.SetMetaData("0020|0013", "99")  # another instance, at the position of slice 2
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(tmp_path / "repeat" / "slice099.dcm"))
+    previous = locale.setlocale(locale.LC_ALL)
+    try:
+        writer.Execute(image)
+    finally:
+        locale.setlocale(locale.LC_ALL, previous)
+    with pytest.raises(InputError, match=r"slices slice0(02|99).dcm and slice0(02|99).dcm lie at the same position"):
+        read_volume(tmp_path / "repeat")
 
 
 def test_pairing_by_nnunet_names_and_equal_names(tmp_path):

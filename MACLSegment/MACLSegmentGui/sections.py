@@ -137,16 +137,10 @@ class TrainingSection:
         p = self._parameterNode
         volume = p.segmentVolume
         browser, sequence, frame = sequences.sequenceOfProxy(slicer.mrmlScene, volume)
-        frames = None
-        if sequence is not None and not slicer.util.confirmYesNoDisplay(
-                _("'{volume}' shows frame {frame} of the cine sequence '{sequence}' ({count} frames). Segment every "
-                  "frame into a segmentation sequence? (No: only frame {frame})").format(
-                    volume=volume.GetName(), frame=frame + 1, sequence=sequence.GetName(),
-                    count=sequence.GetNumberOfDataNodes())):
-            frames = [frame]
         with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
             options = SegmentOptions(device=p.device)
-            if sequence is not None:
+            if sequence is not None:  # a cine: the frames chosen under "Cine frames", into a segmentation sequence
+                frames = sequences.framesToSegment(p.segmentFrames, sequence, frame)
                 job = self.logic.segmentSequence(sequence, pathOrNone(p.segmentModel), options, frames=frames)
             else:  # into the chosen output segmentation (its content kept for Undo), or a new one
                 job = self.logic.segment(volume, pathOrNone(p.segmentModel), options, show3D=p.segmentShow3D,

@@ -38,6 +38,7 @@ FIELDS = (
     Field("finetuneOutput", "path", pathlib.Path()),
     Field("segmentModel", "path", pathlib.Path()),
     Field("segmentVolume", "node", None, "vtkMRMLScalarVolumeNode"),
+    Field("segmentFrames", "str", "shown frame"),  # sequences.FRAME_CHOICES
     Field("segmentShow3D", "bool", False),
     Field("segmentOutput", "node", None, "vtkMRMLSegmentationNode"),  # None: Segment makes a new segmentation
 )

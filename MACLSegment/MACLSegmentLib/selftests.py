@@ -206,7 +206,7 @@ def testParameterRoundTrip(context: SelfTestContext) -> None:
               "finetunePretrained": pathlib.Path("/models/pre.pt"), "finetuneEpochs": 9,
               "finetuneTimeBudget": 4.0,
               "finetuneOutput": pathlib.Path("/models/seg.pt"), "segmentModel": pathlib.Path("/models/seg.pt"),
-              "segmentVolume": volume, "segmentShow3D": True, "segmentOutput": annotation}
+              "segmentVolume": volume, "segmentFrames": "ED and ES", "segmentShow3D": True, "segmentOutput": annotation}
     check(set(values) == set(parameters.FIELDS_BY_NAME), "the round trip must cover every parameter")
     for name, value in values.items():
         parameters.writeParameter(node, name, value)

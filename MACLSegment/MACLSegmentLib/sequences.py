@@ -197,3 +197,21 @@ def cardiacPhases(volumeSequence: Any = None, segmentationSequence: Any = None,
         differences.append(float(abs(frame - reference).mean()))
     es = differences.index(max(differences)) if count > 1 else ed
     return CardiacPhases(ed=ed, es=es, method=method)
+
+
+# What Segment does with a volume shown from a cine sequence (the values of the panel's "Cine frames" choice).
+SHOWN_FRAME, ED_AND_ES, EVERY_FRAME = "shown frame", "ED and ES", "every frame"
+FRAME_CHOICES = (SHOWN_FRAME, ED_AND_ES, EVERY_FRAME)
+
+
+def framesToSegment(choice: str, sequenceNode: Any, shownFrame: int) -> Optional[List[int]]:
+    """The frames (0-based) Segment segments for ``choice``; None means every frame."""
+    if choice == EVERY_FRAME:
+        return None
+    if choice == SHOWN_FRAME:
+        return [int(shownFrame)]
+    if choice == ED_AND_ES:
+        phases = cardiacPhases(volumeSequence=sequenceNode)
+        return sorted({phases.ed, phases.es})
+    raise ValueError(f"unknown choice of cine frames {choice!r} (one of {', '.join(FRAME_CHOICES)})")
+

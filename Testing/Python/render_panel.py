@@ -62,6 +62,7 @@ def render(output: str) -> str:
         if isinstance(widget, QtWidgets.QComboBox):
             widget.addItem(text)
     find("deviceComboBox").addItems(["auto", "cpu", "cuda"])
+    find("segmentFramesComboBox").addItems(["shown frame", "ED and ES", "every frame"])
     find("gpuCountSpinBox").setValue(1)
     for name, text in (("pretrainOutputPathLineEdit", "~/Documents/MACLSegment/pretrained.pt"),
                        ("finetuneOutputPathLineEdit", "~/Documents/MACLSegment/model.pt"),

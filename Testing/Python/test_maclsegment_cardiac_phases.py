@@ -113,3 +113,15 @@ def test_without_a_time_index_ed_is_frame_0(slicerEnvironment):
 def test_not_a_sequence_is_refused(slicerEnvironment):
     with pytest.raises(InputError, match="ED/ES"):
         sequences.cardiacPhases(None)
+
+
+def test_the_cine_frames_choice_picks_the_frames_segment_segments(slicerEnvironment):
+    """The panel's "Cine frames" choice for a volume shown from a cine: the shown frame, ED and ES, or all."""
+    sequence = volume_sequence(slicerEnvironment.scene, cine_images(RADII))  # times 0, 40, ...: ED 0, ES 2
+    assert sequences.framesToSegment(sequences.SHOWN_FRAME, sequence, 3) == [3]
+    assert sequences.framesToSegment(sequences.ED_AND_ES, sequence, 3) == [0, 2]
+    assert sequences.framesToSegment(sequences.EVERY_FRAME, sequence, 3) is None
+    assert [frame for frame, _, _ in sequences.frames(sequence, sequences.framesToSegment(
+        sequences.ED_AND_ES, sequence, 3))] == [0, 2]
+    with pytest.raises(ValueError, match="unknown choice of cine frames"):
+        sequences.framesToSegment("frame 2", sequence, 3)

@@ -37,7 +37,7 @@ if os.environ.get("FAKE_MODE") == "wait":
     print(f"maclcore {command}: stopped after 0 of 1 volume(s); nothing was written", file=sys.stderr)
     sys.exit(130)
 import numpy as np
-from maclcore.io.segmentation import write_seg_nrrd
+from maclcore.io.seg_nrrd import write_seg_nrrd
 from maclcore.io.volume import read_volume
 from maclcore.labels import CARDIAC
 volume = read_volume(value("--image"))

@@ -148,6 +148,14 @@ def test_parameter_node_wrapper_matches_the_qt_free_parameter_list():
             assert default is None, f"{field.name}: the wrapper's default is its type's empty value"
 
 
+def test_the_cine_frames_choices_are_the_libs():
+    from MACLSegmentLib import sequences
+
+    annotation, default = wrapper_fields()["segmentFrames"]
+    choices = ast.literal_eval(annotation[annotation.index("Choice(") + 7:annotation.rindex(")]")])
+    assert tuple(choices) == sequences.FRAME_CHOICES and default == sequences.SHOWN_FRAME
+
+
 def test_module_file_compiles():
     compile(MODULE.read_text(encoding="utf-8"), str(MODULE), "exec")
 

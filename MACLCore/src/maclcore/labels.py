@@ -13,6 +13,26 @@ from .errors import ConfigError
 
 RGB = Tuple[float, float, float]
 
+# Label maps are stored as 8-bit everywhere (files, caches, predictions): background + 255 labels. More would
+# wrap around (label 256 read as background, a missed class then scoring Dice 1.0), so the schema refuses them.
+MAX_LABELS = 255
+
+
+def name_key(name: str) -> str:
+    """The form in which two label names are the same name: case and runs of white space do not count."""
+    return " ".join(name.split()).lower()
+
+
+def _name_problem(name: object) -> str:
+    if not isinstance(name, str):
+        return f"must be text, got {name!r}"
+    if not name.strip():
+        return "must not be empty"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        # A newline would end the .seg.nrrd header field it is written in and inject the rest as a new field.
+        return f"must not contain control characters such as a line break, got {name!r}"
+    return ""
+
 
 @dataclass(frozen=True)
 class LabelSchema:
@@ -31,8 +51,16 @@ class LabelSchema:
             raise ConfigError("labels_schema", "needs at least one foreground label")
         if len(self.names) != len(self.colors):
             raise ConfigError("labels_schema", f"has {len(self.names)} names but {len(self.colors)} colours")
-        if len({n.lower() for n in self.names}) != len(self.names):
-            raise ConfigError("labels_schema", f"names must be unique (got {list(self.names)})")
+        if len(self.names) > MAX_LABELS:
+            raise ConfigError("labels_schema", f"has {len(self.names)} labels; at most {MAX_LABELS} are supported "
+                                               "(label maps are 8-bit)")
+        for name in self.names:
+            problem = _name_problem(name)
+            if problem:
+                raise ConfigError("labels_schema", f"label name {problem}")
+        if len({name_key(n) for n in self.names}) != len(self.names):
+            raise ConfigError("labels_schema",
+                              f"names must be unique, ignoring case and spaces (got {list(self.names)})")
         for name, color in zip(self.names, self.colors):
             if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
                 raise ConfigError("labels_schema", f"colour of {name!r} must be three values in [0, 1], got {color}")
@@ -48,15 +76,21 @@ class LabelSchema:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Sequence]) -> "LabelSchema":
-        return cls(names=tuple(str(n) for n in data["names"]),
-                   colors=tuple(tuple(float(v) for v in c) for c in data["colors"]),  # type: ignore[misc]
+        names, colors = data["names"], data["colors"]
+        # A string is a sequence too: "names": "ABC" must not become three labels A, B, C.
+        if not isinstance(names, (list, tuple)):
+            raise ConfigError("labels_schema", f"'names' must be a list of label names, got {names!r}")
+        if not isinstance(colors, (list, tuple)) or any(not isinstance(c, (list, tuple)) for c in colors):
+            raise ConfigError("labels_schema", f"'colors' must be a list of [r, g, b] triples, got {colors!r}")
+        return cls(names=tuple(names),  # checked to be text by __post_init__
+                   colors=tuple(tuple(float(v) for v in c) for c in colors),  # type: ignore[misc]
                    single_component=bool(data.get("single_component", True)))
 
     def value_of(self, name: str) -> int:
-        """Label value of a segment name (case-insensitive); raises KeyError when unknown."""
-        key = name.strip().lower()
+        """Label value of a segment name (case and spaces ignored, see :func:`name_key`); KeyError when unknown."""
+        key = name_key(name)
         for value, known in enumerate(self.names, start=1):
-            if known.lower() == key:
+            if name_key(known) == key:
                 return value
         raise KeyError(name)
 

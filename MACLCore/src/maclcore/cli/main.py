@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List, NoReturn, Optional, Sequence
 
 from .. import __version__
 from ..errors import MaclError, Stopped
@@ -19,6 +19,33 @@ from .options import flag_name
 
 COMMANDS = (pretrain, finetune, predict, evaluate, suggest, demo, cache)
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+class UsageError(Exception):
+    """An option argparse rejected, raised instead of exiting so that :func:`main` can report it first."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser (subcommands inherit its class), whose usage errors reach :func:`main`: a program
+    reading ``--progress json`` then gets an ``error`` event, not only text on stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
+def requested_progress(argv: Sequence[str]) -> str:
+    """The ``--progress`` value in raw arguments (the last one given), for errors before they are parsed."""
+    kind = "bar"
+    for index, argument in enumerate(argv):
+        if argument == "--progress" and index + 1 < len(argv):
+            kind = argv[index + 1]
+        elif argument.startswith("--progress="):
+            kind = argument.split("=", 1)[1]
+    return kind
 
 
 def common_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
@@ -33,7 +60,7 @@ def common_options(parser: argparse.ArgumentParser, device: bool = True) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="maclcore",
         description="Label-efficient cardiac segmentation: MACL self-supervised pretraining on unlabelled "
                     "volumes, U-Net finetuning on a few labelled ones, prediction and evaluation.")
@@ -66,7 +93,14 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(raw)
+    except UsageError as exc:
+        if requested_progress(raw) == "json":
+            make_reporter("json").error(f"{exc.parser.prog}: {exc.message}")
+        exc.parser.print_usage(sys.stderr)
+        exc.parser.exit(2, f"{exc.parser.prog}: error: {exc.message}\n")
     reporter: Reporter = make_reporter(args.progress)
     prog = f"maclcore {args.command}"
     try:

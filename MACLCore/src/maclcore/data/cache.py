@@ -28,6 +28,7 @@ Build one without training (e.g. on the machine that has the data)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -201,8 +202,20 @@ def build_cache(cache_dir: PathLike, cases: Sequence[Case], plan: PreprocessingC
 def _write_arrays(cache_dir: str, cases: Sequence[Case], plan: PreprocessingConfig, slice_counts: Sequence[int],
                   schema: Optional[LabelSchema], dtype: str, progress: Optional[ProgressFn]) -> List[Dict[str, Any]]:
     """Fill the cache's arrays case by case and put them in place; returns the manifest's case entries."""
-    total, size = int(sum(slice_counts)), plan.size
     partial = {name: _path(cache_dir, name) + ".partial" for name in ("images", "labels")}
+    try:
+        return _fill_and_place(cache_dir, cases, plan, slice_counts, schema, dtype, progress, partial)
+    except BaseException:  # also Ctrl-C: an unfinished build leaves no large .partial files behind
+        for path in partial.values():
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise
+
+
+def _fill_and_place(cache_dir: str, cases: Sequence[Case], plan: PreprocessingConfig, slice_counts: Sequence[int],
+                    schema: Optional[LabelSchema], dtype: str, progress: Optional[ProgressFn],
+                    partial: Dict[str, str]) -> List[Dict[str, Any]]:
+    total, size = int(sum(slice_counts)), plan.size
     images = np.lib.format.open_memmap(partial["images"], mode="w+", dtype=dtype, shape=(total, 1, size, size))
     labels = (np.lib.format.open_memmap(partial["labels"], mode="w+", dtype=np.uint8, shape=(total, size, size))
               if schema is not None else None)

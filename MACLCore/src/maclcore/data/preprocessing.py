@@ -96,13 +96,37 @@ def plan_preprocessing(geometries: Iterable[Geometry], spacing: Optional[float] 
     return PreprocessingConfig(spacing=spacing, size=size)
 
 
-def normalise_intensity(array: np.ndarray, percentiles: Tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
-    """Clip to the volume's percentiles and scale to [0, 1] (float32). A constant volume gives zeros."""
+# Voxels per chunk of slices that are normalised and resampled together (and, at inference, restored): the
+# float copies of one chunk exist at a time, so memory stays near the voxel data whatever the volume's size.
+CHUNK_VOXELS = 1 << 22
+
+
+def chunks(count: int, slice_voxels: int) -> Iterable[slice]:
+    """Consecutive ranges of ``count`` slices of ``slice_voxels`` each, about CHUNK_VOXELS voxels a range."""
+    step = max(1, CHUNK_VOXELS // max(1, slice_voxels))
+    return (slice(start, min(count, start + step)) for start in range(0, count, step))
+
+
+def intensity_window(array: np.ndarray, percentiles: Tuple[float, float] = (1.0, 99.0)) -> Tuple[float, float]:
+    """The volume's intensity percentiles, the window :func:`normalise_intensity` scales to [0, 1]."""
+    # On the voxels' own type: a float32 copy of an int16 scan would double the memory for nothing.
+    source = array if array.dtype.kind in "iub" or array.dtype == np.float32 else np.asarray(array, np.float32)
+    low, high = np.percentile(source, percentiles)
+    return float(np.float32(low)), float(np.float32(high))
+
+
+def normalise_window(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Clip to [low, high] and scale to [0, 1] (float32); an empty window gives zeros."""
     array = np.asarray(array, dtype=np.float32)
-    low, high = np.percentile(array, percentiles)
     if not high > low:
         return np.zeros_like(array)
-    return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
+    low32, high32 = np.float32(low), np.float32(high)
+    return ((np.clip(array, low32, high32) - low32) / (high32 - low32)).astype(np.float32)
+
+
+def normalise_intensity(array: np.ndarray, percentiles: Tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
+    """Clip to the volume's percentiles and scale to [0, 1] (float32). A constant volume gives zeros."""
+    return normalise_window(array, *intensity_window(array, percentiles))
 
 
 @dataclass
@@ -148,11 +172,14 @@ def prepare_volume(name: str, array: np.ndarray, geometry: Geometry, config: Pre
     if max(shape) > MAX_SLICE_PIXELS or min(shape) < MIN_SLICE_PIXELS:
         raise InputError(name, f"its in-plane spacing {in_plane_spacing(geometry)} mm would make slices of "
                                f"{shape[0]}x{shape[1]} pixels at {config.spacing} mm; check the file's spacing")
-    image = normalise_intensity(array, config.percentiles)
-    image = _resize(torch.from_numpy(image)[:, None], shape)[:, 0].numpy()
+    window = intensity_window(array, config.percentiles)
+    image = np.empty((array.shape[0],) + tuple(shape), np.float32)
+    for part in chunks(array.shape[0], array.shape[1] * array.shape[2]):
+        normalised = torch.from_numpy(normalise_window(array[part], *window))
+        image[part] = _resize(normalised[:, None], shape)[:, 0].numpy()
     if label is not None:
         label = resample_labels(label, shape, num_classes)
-    return PreparedVolume(name=name, image=np.ascontiguousarray(image, dtype=np.float32), geometry=geometry,
+    return PreparedVolume(name=name, image=image, geometry=geometry,
                           label=label)
 
 

@@ -10,8 +10,8 @@ from ..errors import InputError, PathLike
 from ..io.atomic import write_json
 from ..io.guard import refuse_overwriting_inputs
 from ..io.pairing import pair_cases
-from ..io.segmentation import LABEL_EXTENSIONS, read_label_map
-from ..io.volume import read_geometry
+from ..io.naming import LABEL_EXTENSIONS
+from ..io.segmentation import label_geometry, read_label_map
 from ..labels import CARDIAC, LabelSchema
 from ..io.checkpoint import provenance
 from ..runtime.progress import Reporter
@@ -32,12 +32,13 @@ def evaluate_folders(predictions: PathLike, labels: PathLike, schema: LabelSchem
     reporter.stage("evaluate", len(pairs))
     cases: Dict[str, Any] = {}
     for index, pair in enumerate(pairs):
-        reference = read_geometry(pair.label)  # type: ignore[arg-type]
-        truth = read_label_map(pair.label, schema, reference)  # type: ignore[arg-type]
+        # The prediction's grid is the image's whole grid; a Slicer reference may be cropped to its segments.
+        reference = label_geometry(pair.image)
+        prediction = read_label_map(pair.image, schema, reference)
         try:
-            prediction = read_label_map(pair.image, schema, reference)
+            truth = read_label_map(pair.label, schema, reference)  # type: ignore[arg-type]
         except InputError as exc:
-            raise InputError(pair.image, f"{exc.problem} (compared with {pair.label})") from None
+            raise InputError(exc.path, f"{exc.problem} (compared with {pair.image})") from None
         spacing_zyx = tuple(reversed(reference.spacing))
         cases[pair.name] = case_metrics(prediction, truth, spacing_zyx, schema.names, with_hd95)
         reporter.progress("evaluate", index + 1, len(pairs), case=pair.name,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..config import from_dict
-from ..data.preprocessing import (PreparedVolume, PreprocessingConfig, padded_size, prepare_volume,
+from ..data.preprocessing import (PreparedVolume, PreprocessingConfig, chunks, padded_size, prepare_volume,
                                   restore_probabilities, stack_slices)
 from ..errors import ConfigError, InferenceStopped, InputError, MaclError, PathLike
 from ..io.naming import LABEL_EXTENSIONS, case_name, split_extension
@@ -81,38 +81,63 @@ def check_network_shapes(path: PathLike, data: Dict[str, Any]) -> None:
                  exact=data.get("kind") == "segmentation")
 
 
+# Test-time augmentation: the in-plane flips the training's augmentation also draws (so the model has seen
+# each); their probabilities, flipped back, are averaged. Costs one forward pass per flip.
+TTA_FLIPS: Sequence[Sequence[int]] = ((), (-1,), (-2,), (-2, -1))
+
+
 @torch.no_grad()
 def predict_slices(network: torch.nn.Module, images: torch.Tensor, batch_size: int = 16,
-                   amp: bool = True) -> torch.Tensor:
-    """Softmax probabilities (N, C, S, S) of a stack of preprocessed slices (N, 1, S, S), on their device."""
+                   amp: bool = True, tta: bool = False) -> torch.Tensor:
+    """Softmax probabilities (N, C, S, S) of a stack of preprocessed slices (N, 1, S, S), on their device;
+    with ``tta`` the mean over :data:`TTA_FLIPS`."""
     network.eval()
     device = next(network.parameters()).device
 
+    def probabilities(batch: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+        if not dims:
+            return network(batch).float().softmax(1)
+        return network(batch.flip(tuple(dims))).float().softmax(1).flip(tuple(dims))
+
     def run(start: int, stop: int) -> torch.Tensor:
+        batch = images[start:stop].to(device, non_blocking=True)
         with autocast(device, amp):
-            return network(images[start:stop].to(device, non_blocking=True)).float().softmax(1)
+            if not tta:
+                return probabilities(batch, ())
+            return torch.stack([probabilities(batch, dims) for dims in TTA_FLIPS]).mean(0)
 
     return torch.cat(map_in_batches(run, images.shape[0], batch_size))
 
 
-def predict_prepared(model: SegmentationModel, prepared: PreparedVolume, batch_size: int = 16) -> torch.Tensor:
-    """Class probabilities (Z, C, H, W) on the input's own slice grid."""
+def predict_labels(model: SegmentationModel, prepared: PreparedVolume, batch_size: int = 16,
+                   tta: bool = False) -> np.ndarray:
+    """Label map (Z, H, W, uint8) on the input's own slice grid, from a preprocessed volume.
+
+    Slices go through the network and back to the input's resolution a chunk at a time (see
+    :data:`~maclcore.data.preprocessing.CHUNK_VOXELS`): full-resolution probabilities of every class for the
+    whole volume would take C float32 values per voxel, many times a scan's own voxel data. Resampling is
+    in-plane, so the result is the same as for the whole volume at once.
+    """
     shape = prepared.image.shape[-2:]
     size = padded_size(shape, model.preprocessing)
-    images = stack_slices([prepared.image], size)
-    probs = predict_slices(model.network, images, batch_size)
-    return restore_probabilities(probs, shape, prepared.geometry)
+    height, width = prepared.geometry.size[1], prepared.geometry.size[0]
+    labels = np.empty((prepared.num_slices, height, width), np.uint8)
+    for part in chunks(prepared.num_slices, height * width * model.schema.num_classes):
+        probs = predict_slices(model.network, stack_slices([prepared.image[part]], size), batch_size, tta=tta)
+        labels[part] = restore_probabilities(probs, shape, prepared.geometry).argmax(1).to(torch.uint8).cpu().numpy()
+    return labels
 
 
 def predict_volume(model: SegmentationModel, volume: Volume, batch_size: int = 16,
-                   postprocess: bool = True) -> np.ndarray:
+                   postprocess: bool = True, tta: bool = False) -> np.ndarray:
     """Label map (z, y, x, uint8) of ``volume`` on its own grid.
 
     With ``postprocess`` and a schema of single-component labels, only each label's largest connected
     component is kept.
     """
     prepared = prepare_volume(volume.source or "volume", volume.array, volume.geometry, model.preprocessing)
-    labels = predict_prepared(model, prepared, batch_size).argmax(1).to(torch.uint8).cpu().numpy()
+    labels = predict_labels(model, prepared, batch_size, tta)
+    del prepared  # its slices are not needed for the post-processing
     if postprocess and model.schema.single_component:
         labels = keep_largest_component(labels, model.schema.num_classes)
     return labels
@@ -149,8 +174,11 @@ def check_inputs(images: Sequence[str], targets: Sequence[str], batch_size: int,
 
 def predict_files(model_path: PathLike, images: Sequence[str], output: str, fmt: str = "nii.gz",
                   device: str = "auto", batch_size: int = 16, postprocess: bool = True,
-                  reporter: Optional[Reporter] = None, stop_file: Optional[str] = None) -> List[str]:
+                  reporter: Optional[Reporter] = None, stop_file: Optional[str] = None,
+                  tta: bool = False) -> List[str]:
     """Segment image files and write one label file per image (atomically). Returns the written paths.
+
+    ``tta``: average the predictions of the flipped slices too (:data:`TTA_FLIPS`; 4x the network's time).
 
     When ``stop_file`` exists before a volume is started, raises :class:`InferenceStopped`; the volumes finished
     before keep their complete files, and nothing partial is left (every write is atomic).
@@ -166,7 +194,7 @@ def predict_files(model_path: PathLike, images: Sequence[str], output: str, fmt:
         if stop.requested:  # between volumes: a volume is never left half-predicted
             raise InferenceStopped(index, len(images), written)
         volume = read_volume(image)
-        labels = predict_volume(model, volume, batch_size, postprocess)
+        labels = predict_volume(model, volume, batch_size, postprocess, tta)
         write_label_map(labels, volume.geometry, target, model.schema)
         written.append(target)
         reporter.progress("predict", index + 1, len(images), case=os.path.basename(target))

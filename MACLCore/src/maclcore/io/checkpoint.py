@@ -21,6 +21,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError, PathLike
+from ..labels import MAX_LABELS
 from .atomic import WriteCheckError, atomic_path
 
 FORMAT = "maclcore"
@@ -149,7 +150,7 @@ def load_checkpoint(path: PathLike, kinds: Optional[Iterable[str]] = None) -> Di
 # memory while the network is built.
 MAX_WIDTH = 4096
 MAX_LEVELS = 8
-MAX_CLASSES = 256  # label maps are uint8: background + 255 labels
+MAX_CLASSES = MAX_LABELS + 1  # background + the most labels a schema may have (8-bit label maps)
 
 
 def _positive_ints(value: Any) -> bool:

@@ -286,3 +286,15 @@ def _check_direction(path: str, direction: Tuple[float, ...], dimension: int) ->
         shown = " ".join(f"{v:.4g}" for v in matrix.ravel())
         raise InputError(path, f"has a direction matrix whose axes are not perpendicular unit vectors ({shown}); "
                                "its voxels cannot be placed correctly")
+
+
+def check_data_claims(path: str, size: Tuple[int, ...], pixel_bytes: int) -> None:
+    """The header-first checks for a file whose voxels are read without ITK (a Slicer ``.seg.nrrd`` by pynrrd):
+    its data file is a regular file, the claimed voxels fit in the file and in memory, compressed data is complete.
+    """
+    layout = _data_layout(path)
+    if layout is not None and layout.data_file != path:
+        _stat_regular(layout.data_file, path, "data file")
+    _check_claims(path, layout, size, 1, pixel_bytes)
+    if layout is not None and layout.encoding == "deflate":
+        _check_deflate_complete(path, layout, math.prod(size) * pixel_bytes)

@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from ..errors import InputError, PathLike
 from .atomic import WriteCheckError, atomic_path
 from .headers import (_DataLayout, _check_claims, _check_deflate_complete, _check_direction, _check_nifti_complete,
                       _data_layout, _pixel_bytes, _stat_regular)
-from .naming import VOLUME_EXTENSIONS
+from .naming import SEG_EXTENSION, VOLUME_EXTENSIONS
 
 # What ITK's readers say (in the exception or on stderr) when a file ends early.
 _TRUNCATION_HINTS = ("not read completely", "fread got only", "but received", "end of file")
@@ -144,8 +144,54 @@ def _scan_and_read_dicom_series(path: str) -> Any:
         raise InputError(path, f"holds {len(series)} DICOM series; give the folder of one series")
     files = _itk_call(path, lambda: reader.GetGDCMSeriesFileNames(path, series[0]),
                       "could not be scanned for DICOM series", forward=False)
+    _check_dicom_slices(path, files)
     reader.SetFileNames(files)
     return _itk_call(path, reader.Execute, "DICOM series could not be read")
+
+
+def _dicom_slice_geometry(path: str, file: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(position, unit normal) of one DICOM slice, from its header alone."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    _itk_call(file, reader.ReadImageInformation, "is not a readable DICOM file", forward=False)
+    try:
+        position = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+        orientation = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+    except (RuntimeError, ValueError):
+        raise InputError(path, f"slice {os.path.basename(file)} has no usable Image Position/Orientation "
+                               "(0020,0032)/(0020,0037): the slices cannot be placed") from None
+    if position.shape != (3,) or orientation.shape != (6,):
+        raise InputError(path, f"slice {os.path.basename(file)} has a malformed Image Position or Orientation")
+    normal = np.cross(orientation[:3], orientation[3:])
+    return position, normal / max(float(np.linalg.norm(normal)), 1e-12)
+
+
+def _check_dicom_slices(path: str, files: Sequence[str]) -> None:
+    """Refuse a series whose slices are not one evenly spaced stack: a missing slice, two slices at one position
+    or slices of another orientation would be read into a volume with the slices misplaced by millimetres."""
+    if len(files) < 2:
+        return
+    geometry = [_dicom_slice_geometry(path, f) for f in files]
+    normal = geometry[0][1]
+    for file, (_, other) in zip(files, geometry):
+        if abs(float(np.dot(normal, other))) < 0.9999:
+            raise InputError(path, f"slice {os.path.basename(file)} has another orientation than "
+                                   f"{os.path.basename(files[0])}; give the folder of one stack")
+    depth = np.array([float(np.dot(position, normal)) for position, _ in geometry])
+    order = np.argsort(depth)
+    gaps = np.diff(depth[order])
+    step = float(np.median(gaps))
+    for index, gap in enumerate(gaps):
+        first, second = (os.path.basename(files[order[index + j]]) for j in (0, 1))
+        if gap < 1e-3:
+            raise InputError(path, f"slices {first} and {second} lie at the same position "
+                                   f"({depth[order[index]]:.4g} mm along the stack); give one series without "
+                                   "repeated slices")
+        if abs(gap - step) > max(0.01, 0.05 * step):
+            raise InputError(path, f"has uneven slice spacing: {gap:.4g} mm between {first} and {second}, "
+                                   f"{step:.4g} mm elsewhere (a missing slice?)")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -205,6 +251,9 @@ def _read_information(path: str) -> Tuple[Any, Optional[_DataLayout]]:
     import SimpleITK as sitk
 
     check_readable_file(path)
+    if path.lower().endswith(SEG_EXTENSION):
+        # ITK would read it as a volume of label values and a model would segment that as if it were an MRI.
+        raise InputError(path, "is a Slicer segmentation (.seg.nrrd), not an image; give the scan it segments")
     layout = _data_layout(path)
     if layout is not None and layout.data_file != path:
         _stat_regular(layout.data_file, path, "data file")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from typing import Any, Callable, List, Optional, TypeVar
 
 import torch
@@ -27,12 +29,49 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ConfigError("device", f"must be auto, cpu or cuda[:N], got {name!r}")
 
 
-def autocast(device: torch.device, enabled: bool) -> Any:
-    """bf16 autocast on CUDA and on the CPU (fp32 master weights, no loss scaling needed); a no-op elsewhere.
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_pays() -> bool:
+    """Whether bf16 autocast makes this CPU's convolutions faster, timed once per process (well under a second).
 
-    On the CPU, bf16 (with channels_last) made a U-Net training step 2.3-3.4x faster on a 2-core AMX-BF16
-    Xeon (benchmarks/bench_cpu_precision.py, results/cpu_precision_cpu.json)."""
-    if enabled and device.type in ("cuda", "cpu"):
+    On CPUs with native bf16 (AMX or AVX-512-BF16) our U-Net's training step ran 2.3-3.4x faster in bf16 with
+    channels_last; on one without (AVX2 only) it ran 10-20x slower (benchmarks/results/cpu_precision_*.json).
+    No fixed choice is right on both, and the CPU's flags are not portable to read, so a small convolution is
+    timed both ways: the two cases differ by far more than timing noise. Forward only, without gradients, so
+    that the probe works wherever it is first needed (training, or inference under ``torch.no_grad``).
+    """
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    images = torch.randn(4, 32, 64, 64).to(memory_format=torch.channels_last)
+
+    def seconds(bf16: bool) -> float:
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                conv(images).float().sum().item()
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    seconds(True), seconds(False)  # first calls pick and build the kernels
+    return seconds(True) < 0.8 * seconds(False)
+
+
+def uses_bf16(device: torch.device, enabled: bool) -> bool:
+    """Whether :func:`autocast` computes in bf16 on ``device``: always on CUDA, on a CPU where it pays."""
+    if not enabled:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16_pays())
+
+
+def precision(device: torch.device, enabled: bool) -> str:
+    """``bf16`` or ``fp32``: what a run computes in, for the plan line and the model file."""
+    return "bf16" if uses_bf16(device, enabled) else "fp32"
+
+
+def autocast(device: torch.device, enabled: bool) -> Any:
+    """bf16 autocast on CUDA, and on CPUs where it is faster (:func:`cpu_bf16_pays`); fp32 master weights, no
+    loss scaling needed. A no-op elsewhere."""
+    if uses_bf16(device, enabled):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

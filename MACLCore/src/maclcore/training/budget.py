@@ -67,6 +67,7 @@ class TrainingPlan:
     step_seconds: Optional[float]
     minutes: Optional[float]
     budget_minutes: Optional[float]
+    precision: str = "fp32"  # bf16 or fp32 (runtime.device.precision)
 
     def line(self) -> str:
         crop = f"{self.crop}² crops of {self.size}² slices" if self.crop else f"{self.size}² slices"
@@ -75,7 +76,7 @@ class TrainingPlan:
         timing = (f" x {self.step_seconds:.2f} s = ~{self.minutes:.1f} min" if self.step_seconds is not None
                   and self.minutes is not None else "")
         return (f"plan: {self.stage} at {self.spacing:g} mm, {crop}, widths {widths}, batch {self.batch_size}, "
-                f"{self.steps} steps{timing}{budget} on {self.device}")
+                f"{self.steps} steps{timing}{budget} on {self.device} ({self.precision})")
 
     def to_dict(self) -> Dict[str, object]:
         data = asdict(self)

@@ -48,7 +48,8 @@ class LoopConfig:
         checkpoint_every: write the resumable state every this many epochs (and always at the end).
         validate_every: run the task's validation every this many epochs (0: never).
         log_every: report the running loss every this many steps (each report waits for the device once).
-        amp: bf16 autocast (CUDA, and CPUs: 2.3-3.4x faster steps on the 2-core CPU we measured).
+        amp: bf16 autocast on CUDA, and on CPUs where it is faster (native bf16: 2.3-3.4x; without it, as on
+            AVX2-only CPUs, fp32 is kept: bf16 is 10-20x slower there; see runtime.device.cpu_bf16_pays).
         channels_last: NHWC memory layout (tensor-core / oneDNN convolutions without layout conversions).
         compile: ``torch.compile`` the network (slower start, faster steps; most useful on a GPU).
     """
