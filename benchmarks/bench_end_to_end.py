@@ -9,7 +9,8 @@ Stages (each timed on its own, with peak host memory (RSS) and peak GPU memory):
   two are the same computation, so the reference is skipped there.
 * ``predict``: read the image file -> preprocess -> network -> restore to the input grid -> largest component
   -> write ``.seg.nrrd``. Fast = :func:`maclcore.inference.predict.predict_files` (batches of slices, bf16 and
-  channels_last on CUDA); reference = the same steps with one slice per forward pass in fp32. Timed
+  channels_last on CUDA; without test-time augmentation, as the reference has none); reference = the same
+  steps with one slice per forward pass in fp32. Timed
   ``--repeats`` times in this process (model loaded once per call, as ``maclcore predict`` does), plus once as
   the actual command ``python -m maclcore predict`` (interpreter start and imports included).
 
@@ -186,7 +187,8 @@ def run(args: argparse.Namespace, work: str) -> Dict[str, Any]:
         summary, stats = staged(device, lambda: finetune(train, models[path], config, device=args.device,
                                                          reporter=Reporter()))
         prediction = os.path.join(work, f"dice_{path}.seg.nrrd")
-        predict_files(models[path], [test.image], prediction, fmt="seg.nrrd", device=args.device, reporter=Reporter())
+        predict_files(models[path], [test.image], prediction, fmt="seg.nrrd", device=args.device, reporter=Reporter(),
+                      tta=False)
         stats.update({"dice": dice_of(prediction, test), "final_loss": summary["history"][-1]["loss"],
                       "epochs": args.epochs, "steps": summary["history"][-1]["step"]})
         stages[f"finetune_{path}"] = stats
@@ -197,7 +199,7 @@ def run(args: argparse.Namespace, work: str) -> Dict[str, Any]:
             output = os.path.join(work, f"pred_{path}_{repeat}.seg.nrrd")
             if path == "fast":
                 call = lambda: predict_files(model, [test.image], output, fmt="seg.nrrd", device=args.device,  # noqa: E731
-                                             reporter=Reporter())
+                                             reporter=Reporter(), tta=False)
             else:
                 call = lambda: predict_reference(model, test.image, output, device)  # noqa: E731
             runs.append(staged(device, call)[1])

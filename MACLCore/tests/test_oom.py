@@ -100,8 +100,17 @@ def test_prediction_that_never_fits_says_what_to_do(world, tmp_path, capfd, monk
     forward_with_memory_limit(monkeypatch, limit=0)
     code, out, err = run_cli(["predict", "--model", world / "model.pt", "--image", world / "data" / "imagesTr",
                               "--out", tmp_path / "out"] + TINY_NET[4:], capfd)
-    assert_one_line_error(code, out, err, ["--device cpu"], "out of memory even with one slice per batch")
+    line = assert_one_line_error(code, out, err, [], "out of memory even with one slice per batch")
+    assert "GPU" not in line and "--device" not in line, line  # the run is on the CPU already
+    assert "close other programs to free memory" in line
     assert leftovers(tmp_path / "out") == []
+
+
+def test_out_of_memory_advice_fits_the_device():
+    from maclcore.runtime.device import out_of_memory_advice
+
+    assert "{device} cpu" in out_of_memory_advice(torch.device("cuda", 0))  # the CLI renders it as --device
+    assert "GPU" not in out_of_memory_advice(torch.device("cpu")) and "cpu" not in out_of_memory_advice(None)
 
 
 def train_argv(stage, world, out):

@@ -61,7 +61,7 @@ def analyse_volume(model: SegmentationModel, prepared: PreparedVolume, turns: in
         return (area_per_slice(total, mask, pixel_area).cpu(), area_per_slice(disagreement, mask, pixel_area).cpu(),
                 embedding.cpu())
 
-    parts = map_in_batches(run, images.shape[0], batch_size)
+    parts = map_in_batches(run, images.shape[0], batch_size, device=device)
     total = torch.cat([p[0] for p in parts])
     disagreement = torch.cat([p[1] for p in parts])
     embedding = torch.cat([p[2] for p in parts]).mean(0)

@@ -131,7 +131,10 @@ def error_message(exc: Exception) -> str:
     if isinstance(exc, MaclError):
         return exc.render(flag_name)
     if isinstance(exc, MemoryError) or is_out_of_memory(exc):
-        return "out of memory; use a smaller --batch-size, fewer or smaller volumes, or --device cpu"
+        on_gpu = "cuda" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+        return ("out of memory on the GPU; use a smaller --batch-size, fewer or smaller volumes, or --device cpu"
+                if on_gpu else "out of memory; use a smaller --batch-size, fewer or smaller volumes, or close other "
+                               "programs")
     if isinstance(exc, OSError):  # disk full, permission denied on an output, ...: name the file
         return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
     detail = (str(exc).strip().splitlines() or [""])[0][:200]

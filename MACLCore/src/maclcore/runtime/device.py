@@ -85,11 +85,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+def out_of_memory_advice(device: Optional[torch.device]) -> str:
+    """What to do when memory runs out, for the device it ran out on (never "use the CPU" to a CPU run)."""
+    if device is not None and device.type == "cuda":
+        return "close other programs using the GPU, or use {device} cpu"
+    return "close other programs to free memory, or give smaller or fewer volumes"
+
+
 def map_in_batches(fn: Callable[[int, int], T], count: int, batch_size: int,
-                   on_retry: Optional[Callable[[int], None]] = None) -> List[T]:
+                   on_retry: Optional[Callable[[int], None]] = None,
+                   device: Optional[torch.device] = None) -> List[T]:
     """Call ``fn(start, stop)`` over ``range(count)`` in batches; on out-of-memory halve the batch and retry.
 
-    Only a batch of one that still runs out of memory is an error.
+    Only a batch of one that still runs out of memory is an error (its advice fits ``device``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -103,8 +111,8 @@ def map_in_batches(fn: Callable[[int, int], T], count: int, batch_size: int,
             if not is_out_of_memory(exc):
                 raise
             if batch_size == 1:
-                raise MaclError("out of memory even with one slice per batch; close other programs using the "
-                                "GPU, or use {device} cpu") from None
+                raise MaclError("out of memory even with one slice per batch; "
+                                + out_of_memory_advice(device)) from None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             batch_size = max(1, batch_size // 2)
