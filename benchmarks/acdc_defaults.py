@@ -7,8 +7,8 @@ flags given after it (e.g. the previous default recipe under the same budget), i
 
     python benchmarks/acdc_defaults.py --m 2 4
     python benchmarks/acdc_defaults.py --m 2 4 --draw 1 --tta        # another draw; scored with and without TTA
-    (entries record ``inference_default``: those of results/acdc_defaults_cpu_avx2.json measured before TTA was
-    predict's default say "none", their main scores are without TTA and ``inference.tta`` with it.)
+    (entries record ``inference_default``, what plain ``maclcore predict`` did: "tta" for the M = 1 entry of
+    results/acdc_defaults_cpu_avx2.json, measured while TTA was the default, whose ``inference.no_tta`` is plain.)
     python benchmarks/acdc_defaults.py --m 4 --reference old "--spacing 1.5625 --channels 32,64,128,256,512 \
         --crop 0 --batch-size 8 --lr 5e-4 --warmup 0 --ema-decay 0 --no-flip"
 
@@ -80,13 +80,13 @@ def run_arm(name: str, flags: List[str], chosen: List[int], work: str, data: str
                 "mean_dice": summary["mean_foreground"]["dice"]["mean"], "predict_minutes": round(seconds / 60, 2)}
 
     default = scored("", [])  # as a user runs predict
-    variants = {"no_tta": scored("_no_tta", ["--no-tta"])} if tta else {}
+    variants = {"tta": scored("_tta", ["--tta"])} if tta else {}
     saved = torch.load(model, weights_only=True)
     return {"arm": name, "flags": flags, "m": len(chosen), "patients": chosen,
             "finetune_minutes": round(finetune_s / 60, 2), "predict_minutes_20_volumes": default["predict_minutes"],
             "plan": saved["training"].get("plan", {}).get("line"),
             "steps": saved["training"]["history"][-1]["step"], "dice": default["dice"],
-            "mean_dice": default["mean_dice"], "inference_default": "tta",  # what plain `maclcore predict` does
+            "mean_dice": default["mean_dice"], "inference_default": "none",  # what plain `maclcore predict` does
             **({"inference": variants} if variants else {})}
 
 
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] = None) -> int:
                         help="add an arm: the defaults plus --unlabelled with N other pool patients' images "
                              "(both frames; never evaluation or training patients)")
     parser.add_argument("--tta", action="store_true",
-                        help="also predict with --no-tta (each slice once) and score that, from the same model")
+                        help="also predict with --tta (flipped slices averaged) and score that, from the same model")
     parser.add_argument("--output", default=None,
                         help="results file (default: results/acdc_defaults_<cpu|cuda>.json; another machine's runs "
                              "belong in another file)")

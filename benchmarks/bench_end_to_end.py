@@ -9,7 +9,7 @@ Stages (each timed on its own, with peak host memory (RSS) and peak GPU memory):
   two are the same computation, so the reference is skipped there.
 * ``predict``: read the image file -> preprocess -> network -> restore to the input grid -> largest component
   -> write ``.seg.nrrd``. Fast = :func:`maclcore.inference.predict.predict_files` (batches of slices, bf16 and
-  channels_last on CUDA; without test-time augmentation, as the reference has none); reference = the same
+  channels_last on CUDA; without test-time augmentation, like the reference); reference = the same
   steps with one slice per forward pass in fp32. Timed
   ``--repeats`` times in this process (model loaded once per call, as ``maclcore predict`` does), plus once as
   the actual command ``python -m maclcore predict`` (interpreter start and imports included).
