@@ -27,11 +27,12 @@ def tiny_state(seed: int = 0) -> Dict[str, torch.Tensor]:
 
 
 def save_tiny_model(path: Path, state: Optional[Dict[str, torch.Tensor]] = None,
-                    model: Optional[dict] = None) -> Path:
-    """A segmentation model file as finetune writes it, with random weights (no training)."""
+                    model: Optional[dict] = None, spacing: float = 6.0) -> Path:
+    """A segmentation model file as finetune writes it, with random weights (no training), for slices at
+    ``spacing`` mm."""
     save_checkpoint(path, "segmentation", {
         "model": model if model is not None else to_dict(UNetConfig(channels=TINY_CHANNELS)),
-        "labels": CARDIAC.to_dict(), "preprocessing": to_dict(PreprocessingConfig(spacing=6.0, size=32)),
+        "labels": CARDIAC.to_dict(), "preprocessing": to_dict(PreprocessingConfig(spacing=spacing, size=32)),
         "state_dict": state if state is not None else tiny_state()})
     return path
 

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 import torch
 import maclcore.data.preprocessing as preprocessing
-from maclcore.config import to_dict
-from maclcore.data.preprocessing import PreprocessingConfig
 from maclcore.inference.postprocess import keep_largest_component
 from maclcore.inference.predict import load_segmentation_model, predict_volume
-from maclcore.io.checkpoint import save_checkpoint
 from maclcore.io.volume import Geometry, Volume
-from maclcore.labels import CARDIAC
-from maclcore.models.unet import UNetConfig
 
-from reliability_fixtures import TINY_CHANNELS, run_python, tiny_state
+from reliability_fixtures import run_python, save_tiny_model, tiny_state
 
 MEMORY_CHECK = """
 import resource, sys
@@ -52,10 +47,7 @@ def tiny_model(path, spacing: float = 6.0, head_bias: bool = True):
     if not head_bias:  # then the argmax varies from pixel to pixel: many classes and islands
         state["head.bias"].zero_()
         state["head.weight"] = torch.randn(state["head.weight"].shape, generator=torch.Generator().manual_seed(0))
-    save_checkpoint(path, "segmentation", {
-        "model": to_dict(UNetConfig(channels=TINY_CHANNELS)), "labels": CARDIAC.to_dict(),
-        "preprocessing": to_dict(PreprocessingConfig(spacing=spacing, size=32)), "state_dict": state})
-    return path
+    return save_tiny_model(path, state, spacing=spacing)
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import InputError, PathLike
 from ..labels import LabelSchema, name_key
 from .atomic import WriteCheckError, atomic_path
-from .headers import check_data_claims
+from .headers import _check_direction, check_data_claims
 from .naming import SEG_EXTENSION
 from .volume import Geometry, check_readable_file
 
@@ -194,15 +194,14 @@ def _geometry_from_nrrd(path: str, header: dict, spatial_sizes: Tuple[int, int, 
     if not np.all(spacing > 0):
         raise InputError(path, "has a zero vector in 'space directions'")
     direction = (vectors / spacing[:, None]).T
-    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
-        raise InputError(path, "has 'space directions' that are not perpendicular: its voxels cannot be placed")
+    _check_direction(path, tuple(direction.ravel()), 3)  # the same rule as for every image format
     origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=float) * flip
     return Geometry(size=spatial_sizes, spacing=tuple(spacing), origin=tuple(origin),  # type: ignore[arg-type]
                     direction=tuple(direction.ravel()))
 
 
-def _checked_header(path: str) -> Tuple[dict, Tuple[int, ...], str]:
-    """The pynrrd header, sizes and voxel type of a ``.seg.nrrd``, with the header-first checks done."""
+def _checked_header(path: str) -> Tuple[dict, Tuple[int, ...]]:
+    """The pynrrd header and sizes of a ``.seg.nrrd``, with the header-first checks done."""
     import nrrd
 
     check_readable_file(path)
@@ -217,13 +216,13 @@ def _checked_header(path: str) -> Tuple[dict, Tuple[int, ...], str]:
     if len(sizes) not in (3, 4):
         raise InputError(path, f"has {len(sizes)} dimensions; a 3D segmentation (with or without layers) is expected")
     check_data_claims(path, sizes, np.dtype(dtype).itemsize)
-    return header, sizes, dtype
+    return header, sizes
 
 
 def read_seg_geometry(path: PathLike) -> Geometry:
     """The grid of a ``.seg.nrrd``, from its header alone (Slicer's files may be cropped to the segments)."""
     path = os.fspath(path)
-    header, sizes, _ = _checked_header(path)
+    header, sizes = _checked_header(path)
     return _geometry_from_nrrd(path, header, sizes[-3:])  # type: ignore[arg-type]
 
 
