@@ -84,6 +84,22 @@ def draws(pool: Sequence[int], counts: Sequence[int], count: int, seed: int) -> 
     return {m: [[int(p) for p in order[:m]] for order in orders] for m in counts}
 
 
+def _loop(default: LoopConfig, settings: Dict[str, Any], **fixed: Any) -> LoopConfig:
+    """The trainer's own default loop (its batch size, weight average, ...) with the study's length and
+    batch: ``epochs`` (with ``steps_per_epoch``) and/or ``time_budget`` minutes; neither: the device's
+    default, as the command line does (a 10-minute budget on a CPU, the full schedule on a GPU)."""
+    given = {key: settings[key] for key in ("epochs", "steps_per_epoch", "time_budget", "batch_size")
+             if settings.get(key) is not None}
+    return replace(default, **given, **fixed)
+
+
+def _shape(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The study's spacing and U-Net widths where it fixes them; left out, the trainers derive them as
+    the command line does."""
+    return {**({"spacing": config["spacing"]} if config.get("spacing") is not None else {}),
+            **({"channels": tuple(config["channels"])} if config.get("channels") else {})}
+
+
 def pretrain_arm(arm: str, config: Dict[str, Any], pool: Sequence[int], work: str, device: str,
                  progress: str) -> str:
     """Pretrain one variant on the pool's images (once); returns the model file."""
@@ -91,9 +107,8 @@ def pretrain_arm(arm: str, config: Dict[str, Any], pool: Sequence[int], work: st
     if os.path.exists(out):
         return out
     settings = config["pretrain"]
-    loop = LoopConfig(epochs=settings["epochs"], batch_size=settings.get("batch_size", 16), seed=config["seed"],
-                      steps_per_epoch=settings.get("steps_per_epoch"))
-    pretrain_cfg = pretrain_config(arm, loop=loop, channels=tuple(config["channels"]), spacing=config["spacing"],
+    base = pretrain_config(arm)
+    pretrain_cfg = pretrain_config(arm, loop=_loop(base.loop, settings, seed=config["seed"]), **_shape(config),
                                    **settings.get("overrides", {}))
     resume = os.path.exists(out[:-3] + ".resume.pt")
     pretrain(cases_of(pool, config["data"], with_labels=False), out, pretrain_cfg, device=device,
@@ -111,11 +126,9 @@ def finetune_and_evaluate(arm: str, m: int, draw: int, chosen: List[int], init: 
             return json.load(handle)
     started = time.perf_counter()
     settings = config["finetune"]
-    loop = LoopConfig(epochs=settings["epochs"], batch_size=settings.get("batch_size", 8),
-                      steps_per_epoch=settings.get("steps_per_epoch"), seed=config["seed"] + draw,
-                      validate_every=0)
-    finetune_cfg = replace(FinetuneConfig(), loop=loop, channels=tuple(config["channels"]), spacing=config["spacing"],
-                           val_fraction=0.0, **settings.get("overrides", {}))
+    loop = _loop(FinetuneConfig().loop, settings, seed=config["seed"] + draw, validate_every=0)
+    finetune_cfg = replace(FinetuneConfig(), loop=loop, val_fraction=0.0, **_shape(config),
+                           **settings.get("overrides", {}))
     model = os.path.join(folder, "model.pt")
     reporter = make_reporter(progress)
     resume = os.path.exists(os.path.join(folder, "model.resume.pt"))

@@ -152,6 +152,18 @@ def compute_hours(config: Dict[str, Any], results: Sequence[Dict[str, Any]], wor
     return f"pretraining {pretraining / 3600:.2f} h, finetune + evaluate cells {cells / 3600:.2f} h"
 
 
+def _length(settings: Dict[str, Any]) -> str:
+    """How long a stage trains, in words: epochs and/or a time budget (neither: the device's default)."""
+    parts = ([f"{settings['epochs']} epochs"] if settings.get("epochs") else []) + \
+        ([f"a {settings['time_budget']:g}-minute budget"] if settings.get("time_budget") else [])
+    return " within ".join(parts) or "the device's default length (10 minutes on a CPU, the full schedule on a GPU)"
+
+
+def _or_derived(value: Any, unit: str = "") -> str:
+    return f"{value}{unit}" if value else "derived from the data as the command line does"
+
+
+
 def write_report(config: Dict[str, Any], results: Sequence[Dict[str, Any]], folder: str, argv: Sequence[str],
                  wall_seconds: float, work: str) -> str:
     os.makedirs(folder, exist_ok=True)
@@ -175,11 +187,12 @@ def write_report(config: Dict[str, Any], results: Sequence[Dict[str, Any]], fold
               f"* Evaluation patients (never used for pretraining, finetuning or any choice): "
               f"{', '.join(map(str, config['eval_patients']))} ({2 * len(config['eval_patients'])} volumes).",
               "* Pretraining: each arm once, on the images of all other patients (labels unused), "
-              f"{config['pretrain']['epochs']} epochs.",
+              f"{_length(config['pretrain'])}.",
               f"* Finetuning: M in {config['labelled_counts']} patients (both frames), {config['draws']} nested draws "
-              f"per M (seed {config['seed']}), the same recipe and number of steps for every arm "
+              f"per M (seed {config['seed']}), the same recipe and length for every arm "
               f"({json.dumps(config['finetune'])}); the last epoch is kept (no checkpoint selection).",
-              f"* Preprocessing: {config['spacing']} mm in-plane, U-Net widths {config['channels']}.", "",
+              f"* Preprocessing: {_or_derived(config.get('spacing'), ' mm')} in-plane, U-Net widths "
+              f"{_or_derived(config.get('channels'))}.", "",
               "## Overlays", "", "Image | " + " | ".join(arm_label(a) for a in config["arms"])
               + f" | truth (M = {min(config['labelled_counts'])}, draw 0)", ""]
     lines += [f"![{p}]({p})" for p in pictures]

@@ -131,3 +131,50 @@ def test_perf_table_renders_known_results(tmp_path):
     assert "H100 80GB HBM3, nccl, weak scaling" in text
     assert "| 2 | 32 | 110.0 | 290.9 | 1.82x | 90.9% |" in text
     assert perf_table.render([str(tmp_path / "other.json")]) == ""
+
+
+def test_acdc_defaults_table_pools_draws_of_one_machine():
+    import acdc_defaults
+
+    def run(arm, m, rv, mean, cpu="EPYC", flags=("avx512_bf16",), **extra):
+        return {"arm": arm, "m": m, "dice": {"RV": rv, "LV": mean}, "mean_dice": mean, "finetune_minutes": 10.0,
+                "steps": 100, "cpu": cpu, "cpu_flags": list(flags), **extra}
+
+    runs = [run("default", 2, 0.6, 0.7, mean_hd95_mm=10.0, **{"rv_below_0.1": 0.0}),
+            run("default", 2, 0.8, 0.9, mean_hd95_mm=20.0, **{"rv_below_0.1": 0.5}),
+            run("macl", 2, 0.9, 0.95),
+            run("default", 2, 0.0, 0.1, flags=("avx2",))]  # another machine: not pooled
+    text = acdc_defaults.table(runs, ("EPYC", ("avx512_bf16",)))
+    lines = text.splitlines()
+    assert lines[0].startswith("| M | arm | draws | RV | LV | mean Dice")
+    assert lines[2] == "| 2 | default | 2 | 0.700 ± 0.100 | 0.800 ± 0.100 | **0.800 ± 0.100** | 15.0 ± 5.0 | 25% | 10.0 ± 0.0 | 100 ± 0 |"
+    assert lines[3] == "| 2 | macl | 1 | 0.900 | 0.950 | **0.950** | – | – | 10.0 | 100 |"
+    assert len(lines) == 4
+    assert acdc_defaults.machine(runs[3]) == ("EPYC", ("avx2",))
+    assert acdc_defaults.machine({"arm": "old"}) == (None, ())
+
+
+def test_postprocess_variants_score_the_heart_rule_on_a_stray_blob():
+    import postprocess_variants as pv
+
+    truth = np.zeros((4, 40, 40), np.uint8)
+    truth[1:3, 5:15, 5:15] = 2
+    truth[1:3, 8:12, 8:12] = 3
+    truth[1:3, 5:15, 15:20] = 1
+    prediction = truth.copy()
+    prediction[1:3, 28:34, 28:34] = 3  # a stray "LV cavity": 72 voxels, more than the true one (32), less than the heart
+    maps = pv.variants(prediction, 4)
+    assert list(maps) == list(pv.VARIANTS)
+    dice = {name: overlap(maps[name], truth) for name in pv.VARIANTS}
+    assert dice[pv.VARIANTS[2]] == [1.0, 1.0, 1.0]  # heart first: exactly the truth
+    assert dice[pv.VARIANTS[1]][2] == 0.0  # largest island alone keeps the stray blob
+    assert 0 < dice[pv.VARIANTS[0]][2] < 1  # none keeps both
+    result = pv.score([np.array([0.05, 1.0, 1.0]), np.array([0.5, 0.5, 1.0])], ["RV", "MYO", "LV"])
+    assert result["dice"] == {"RV": 0.275, "MYO": 0.75, "LV": 1.0}
+    assert result["mean_dice"] == pytest.approx(0.675) and result["rv_below_0.1"] == 0.5
+
+
+def overlap(prediction, truth):
+    from maclcore.evaluation.metrics import overlap_per_class
+
+    return [float(d) for d in overlap_per_class(prediction, truth, 4)["dice"]]

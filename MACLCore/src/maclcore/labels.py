@@ -39,12 +39,15 @@ class LabelSchema:
     """Names and RGB colours (0..1) of the foreground labels 1..K.
 
     ``single_component``: each label is one connected object (true of the cardiac structures), so
-    predictions keep only each label's largest connected component.
+    predictions keep only each label's largest connected component. ``one_object``: the labels together
+    form one connected object too (the heart), so the largest component of all foreground is kept first;
+    off unless a schema says so (two separate organs would lose one).
     """
 
     names: Tuple[str, ...]
     colors: Tuple[RGB, ...]
     single_component: bool = True
+    one_object: bool = False
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -72,7 +75,7 @@ class LabelSchema:
 
     def to_dict(self) -> Dict[str, object]:
         return {"names": list(self.names), "colors": [list(c) for c in self.colors],
-                "single_component": self.single_component}
+                "single_component": self.single_component, "one_object": self.one_object}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Sequence]) -> "LabelSchema":
@@ -84,7 +87,8 @@ class LabelSchema:
             raise ConfigError("labels_schema", f"'colors' must be a list of [r, g, b] triples, got {colors!r}")
         return cls(names=tuple(names),  # checked to be text by __post_init__
                    colors=tuple(tuple(float(v) for v in c) for c in colors),  # type: ignore[misc]
-                   single_component=bool(data.get("single_component", True)))
+                   single_component=bool(data.get("single_component", True)),
+                   one_object=bool(data.get("one_object", is_heart(names))))
 
     def value_of(self, name: str) -> int:
         """Label value of a segment name (case and spaces ignored, see :func:`name_key`); KeyError when unknown."""
@@ -96,9 +100,19 @@ class LabelSchema:
 
 
 # ACDC's three structures, in ACDC's label order (1 RV cavity, 2 LV myocardium, 3 LV cavity).
+def is_heart(names: Sequence[str]) -> bool:
+    """Whether ``names`` are the cardiac labels (case and spaces ignored): they form one object together.
+    The default of ``one_object`` where nobody said (model files from before it, a schema typed in Slicer)."""
+    if not all(isinstance(n, str) for n in names):  # refused by LabelSchema itself, with its own message
+        return False
+    return [name_key(n) for n in names] == [name_key(n) for n in CARDIAC_NAMES]
+
+
+CARDIAC_NAMES = ("RV cavity", "LV myocardium", "LV cavity")
 CARDIAC = LabelSchema(
-    names=("RV cavity", "LV myocardium", "LV cavity"),
+    names=CARDIAC_NAMES,
     colors=((0.302, 0.584, 0.929), (0.384, 0.780, 0.361), (0.890, 0.337, 0.278)),
+    one_object=True,  # both cavities touch the myocardium
 )
 
 SCHEMAS: Dict[str, LabelSchema] = {"cardiac": CARDIAC}

@@ -135,13 +135,14 @@ def predict_volume(model: SegmentationModel, volume: Volume, batch_size: int = 1
     """Label map (z, y, x, uint8) of ``volume`` on its own grid.
 
     With ``postprocess`` and a schema of single-component labels, only each label's largest connected
-    component is kept.
+    component is kept (within the largest component of all foreground when the schema's labels form one
+    object, as the heart's do).
     """
     prepared = prepare_volume(volume.source or "volume", volume.array, volume.geometry, model.preprocessing)
     labels = predict_labels(model, prepared, batch_size, tta)
     del prepared  # its slices are not needed for the post-processing
     if postprocess and model.schema.single_component:
-        labels = keep_largest_component(labels, model.schema.num_classes)
+        labels = keep_largest_component(labels, model.schema.num_classes, model.schema.one_object)
     return labels
 
 
