@@ -96,8 +96,12 @@ def _loop(default: LoopConfig, settings: Dict[str, Any], **fixed: Any) -> LoopCo
 def _shape(config: Dict[str, Any]) -> Dict[str, Any]:
     """The study's spacing and U-Net widths where it fixes them; left out, the trainers derive them as
     the command line does."""
-    return {**({"spacing": config["spacing"]} if config.get("spacing") is not None else {}),
-            **({"channels": tuple(config["channels"])} if config.get("channels") else {})}
+    shape: Dict[str, Any] = {}
+    if config.get("spacing") is not None:
+        shape["spacing"] = config["spacing"]
+    if config.get("channels"):
+        shape["channels"] = tuple(config["channels"])
+    return shape
 
 
 def pretrain_arm(arm: str, config: Dict[str, Any], pool: Sequence[int], work: str, device: str,

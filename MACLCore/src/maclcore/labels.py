@@ -100,20 +100,20 @@ class LabelSchema:
 
 
 # ACDC's three structures, in ACDC's label order (1 RV cavity, 2 LV myocardium, 3 LV cavity).
+CARDIAC = LabelSchema(
+    names=("RV cavity", "LV myocardium", "LV cavity"),
+    colors=((0.302, 0.584, 0.929), (0.384, 0.780, 0.361), (0.890, 0.337, 0.278)),
+    one_object=True,  # both cavities touch the myocardium
+)
+
+
 def is_heart(names: Sequence[str]) -> bool:
     """Whether ``names`` are the cardiac labels (case and spaces ignored): they form one object together.
     The default of ``one_object`` where nobody said (model files from before it, a schema typed in Slicer)."""
     if not all(isinstance(n, str) for n in names):  # refused by LabelSchema itself, with its own message
         return False
-    return [name_key(n) for n in names] == [name_key(n) for n in CARDIAC_NAMES]
+    return [name_key(n) for n in names] == [name_key(n) for n in CARDIAC.names]
 
-
-CARDIAC_NAMES = ("RV cavity", "LV myocardium", "LV cavity")
-CARDIAC = LabelSchema(
-    names=CARDIAC_NAMES,
-    colors=((0.302, 0.584, 0.929), (0.384, 0.780, 0.361), (0.890, 0.337, 0.278)),
-    one_object=True,  # both cavities touch the myocardium
-)
 
 SCHEMAS: Dict[str, LabelSchema] = {"cardiac": CARDIAC}
 
