@@ -102,6 +102,15 @@ def run_arm(name: str, flags: List[str], chosen: List[int], work: str, data: str
             **({"inference": variants} if variants else {})}
 
 
+def unlabelled_patients(pool: Sequence[int], draw: int, count: int, m: int) -> List[int]:
+    """The ``count`` patients whose images an unlabelled arm of ``draw`` uses: the end of the draw's order
+    of the pool (which holds no evaluation patient), so no arm of M <= len(pool) - count trains on them."""
+    if m > len(pool) - count:
+        raise SystemExit(f"--with-unlabelled {count} leaves {len(pool) - count} pool patients, fewer than M = {m}")
+    order = draws(pool, [len(pool)], draw + 1, 0)[len(pool)][draw]
+    return order[len(order) - count:]
+
+
 def _spread(values: List[float], digits: int = 3) -> str:
     """mean ± std (population) of the values, or the one value."""
     import numpy as np
@@ -178,14 +187,13 @@ def main(argv: Sequence[str] = None) -> int:
     arms = ([] if args.skip_default else [("default", [])]) + [(n, shlex.split(f)) for n, f in args.reference]
     out = args.output or os.path.join(HERE, "results", f"acdc_defaults_{'cpu' if device == 'cpu' else 'cuda'}.json")
     results = json.load(open(out)) if os.path.exists(out) else {"runs": []}
-    order = draws(pool, [len(pool)], args.draw + 1, 0)[len(pool)][args.draw]
     for m in args.m:
         chosen = draws(pool, [m], args.draw + 1, 0)[m][args.draw]
         extra = []
         if args.with_unlabelled:
-            # The end of the draw's order: patients no M <= len(pool) - N trains on.
-            others = order[len(order) - args.with_unlabelled:]
-            folder = make_subset(os.path.join(work, "unlabelled"), others, args.data, images_only=True)
+            others = unlabelled_patients(pool, args.draw, args.with_unlabelled, m)
+            folder = make_subset(os.path.join(work, f"unlabelled_{args.with_unlabelled}"), others, args.data,
+                                 images_only=True)
             extra = [("unlabelled", ["--unlabelled", os.path.join(folder, "imagesTr")])]
         for name, flags in arms + extra:
             entry = run_arm(name, flags, chosen, work, args.data, log, args.tta)

@@ -25,9 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--labels", required=True, help="folder of label maps or .seg.nrrd segmentations")
     parser.add_argument("--out", required=True, help="model file to write, e.g. model.pt")
     parser.add_argument("--unlabelled", nargs="+", metavar="IMAGES",
-                        help="unlabelled volumes (folders and/or files) to learn from too: crops of them are "
-                             "labelled by the model's weight average where it is confident (off by default: "
-                             "see benchmarks/results/acdc_defaults_cpu.json for what it adds per minute)")
+                        help="unlabelled volumes (folders and/or files) to learn from too: half-way through, "
+                             "the model's weight average labels them, and half of each later batch is crops of "
+                             "them, confident pixels only (benchmarks/results/acdc_defaults_cpu.json: what it adds)")
     parser.add_argument("--init", help="start from this pretrained (maclcore pretrain) or segmentation model; a "
                                        "segmentation model is continued (all weights, its preprocessing) and "
                                        "recorded as the new model's parent in its lineage")

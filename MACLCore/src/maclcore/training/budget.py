@@ -24,6 +24,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 from ..errors import ConfigError
 
 DEFAULT_CPU_MINUTES = 10.0
+RESERVE_SECONDS = 10.0  # kept for the end of a run: the last validation, writing the model
 DEFAULT_EPOCHS = 100  # without a budget (on a GPU, or time_budget 0) and without a given number of epochs
 
 
@@ -98,7 +99,7 @@ class BudgetClock:
 
     def __init__(self, minutes: float, started: Optional[float] = None, steps_before: int = 0,
                  probe_steps: int = 5, skip: int = 2, refine_at: int = 60, late: float = 0.25,
-                 reserve_seconds: float = 10.0, max_steps: Optional[int] = None,
+                 reserve_seconds: float = RESERVE_SECONDS, max_steps: Optional[int] = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         if not minutes > 0:
             raise ConfigError("time_budget", f"must be > 0 minutes, got {minutes}")

@@ -6,7 +6,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from ..runtime.progress import Reporter
 from .loop import LoopConfig, Trainer, TrainState, cosine_lr, unwrap
 from .session import TrainingSession, announce_plan, make_optimizer, prepare_model, seed_everything
 from .transfer import init_channels, load_initial_weights, read_init
-from .unlabelled import PseudoLabels, UnlabelledConfig
+from .unlabelled import IGNORE, PseudoLabels, UnlabelledConfig, pseudo_rows
 
 # Cardiac cine frames of one patient (ED/ES, or numbered frames) form one group: they are never split
 # between training and validation.
@@ -134,12 +134,23 @@ class FinetuneTask:
         self.crop = crop
         self.sampler = (CropSampler(train.labels, num_classes, CropConfig(size=crop, foreground=config.foreground))
                         if crop else None)
-        self.pseudo: Optional[PseudoLabels] = None  # set when there are unlabelled volumes
-        self._progress = 0.0
+        # Set when there are unlabelled volumes: their slices, the model that labels them, and what is told.
+        self.pseudo: Optional[PseudoLabels] = None
+        self.teacher: Optional[Callable[[], torch.nn.Module]] = None
+        self.on_labelled: Optional[Callable[[int, Dict[str, float]], None]] = None
+        self.labelling_seconds = 0.0
 
     def at_step(self, step: int, total: int) -> None:
-        """Where the run stands (the unlabelled term's weight follows it)."""
-        self._progress = step / max(1, total)
+        """Where the run stands: the unlabelled slices are labelled once it reaches their start (again
+        after a resume, by the restored weight average)."""
+        if self.pseudo is not None and self.teacher is not None and self.pseudo.due(step / max(1, total)):
+            summary = self.pseudo.label(self.teacher(), self.config.eval_batch_size, self.config.loop.amp)
+            if self.on_labelled is not None:
+                self.on_labelled(step, summary)
+
+    def reserve_seconds(self) -> float:
+        """Time a budgeted run keeps aside for work outside the timed steps: labelling the unlabelled slices."""
+        return self.labelling_seconds if self.pseudo is not None and not self.pseudo.ready else 0.0
 
     def prefetch(self, indices: torch.Tensor, rows: torch.Tensor) -> None:
         """Start gathering a coming step's slices (when they stream from disk; crops pick their own slices,
@@ -152,21 +163,28 @@ class FinetuneTask:
         size = None
         if self.sampler is not None:
             indices, centres = self.sampler.draw(indices, generator, rows, global_batch)
-            augmentation = replace(augmentation, theta=crop_affines(augmentation.theta, centres, self.crop,
-                                                                      self.train.size))
             size = (self.crop, self.crop)
-        images, labels = augment_batch(self.train.images[indices], self.train.labels[indices], augmentation, size)
-        if self.pseudo is None:
-            return segmentation_loss(self.model(images), labels, self.config.dice_weight)
-        # Computed from the first step even while its weight is 0, so that every step costs the same and a
-        # time budget, fixed from the first steps' times, still holds.
-        weight = self.config.unlabelled_loss.weight_at(self._progress)
-        count = images.shape[0]
-        student, teacher_inputs = self.pseudo.views(count, rows, global_batch, generator)  # type: ignore[union-attr]
-        pseudo_labels, confident = self.pseudo.labels(teacher_inputs)  # type: ignore[union-attr]
-        logits = self.model(torch.cat([images, student]))
-        return (segmentation_loss(logits[:count], labels, self.config.dice_weight)
-                + weight * PseudoLabels.loss(logits[count:], pseudo_labels, confident))
+        else:
+            centres = torch.zeros(indices.shape[0], 2, device=indices.device)
+        images, labels = self.train.images[indices], self.train.labels[indices]
+        pseudo = None
+        if self.pseudo is not None and self.pseudo.ready:
+            # Some rows take an unlabelled slice instead; the batch keeps its size, so a step costs the same.
+            pseudo = pseudo_rows(rows, self.config.unlabelled_loss.share)
+            picks, around = self.pseudo.draw(rows, global_batch, generator)
+            images = torch.where(pseudo[:, None, None, None], self.pseudo.data.images[picks], images)
+            labels = torch.where(pseudo[:, None, None], self.pseudo.labels[picks], labels)  # type: ignore[index]
+            centres = torch.where(pseudo[:, None], around, centres)
+        if self.sampler is not None or pseudo is not None:
+            augmentation = replace(augmentation, theta=crop_affines(augmentation.theta, centres, self.crop or
+                                                                      self.train.size, self.train.size))
+        images, labels = augment_batch(images, labels, augmentation, size)
+        logits = self.model(images)
+        if pseudo is None:
+            return segmentation_loss(logits, labels, self.config.dice_weight)
+        return (segmentation_loss(logits[~pseudo], labels[~pseudo], self.config.dice_weight)
+                + self.config.unlabelled_loss.weight
+                * segmentation_loss(logits[pseudo], labels[pseudo], self.config.dice_weight, ignore_index=IGNORE))
 
     def epoch_metrics(self) -> Dict[str, float]:
         return {}
@@ -248,8 +266,7 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
                                                         warmup=int(config.warmup * total)),
                           config.loop, len(train), device_, procs, reporter, "finetune", started=started)
         if unlabelled:
-            trainer.task.pseudo = _pseudo_labels(unlabelled, plan, config, crop, trainer, device_, procs, reporter,
-                                                 session)  # type: ignore[attr-defined]
+            _pseudo_labels(unlabelled, plan, config, schema, crop, trainer, device_, procs, reporter, session)
         plan_line = announce_plan(trainer, reporter, "finetune", plan.spacing, plan.size, crop, config.channels)
         record = {"config": to_dict(config), "labels": schema.to_dict(), "preprocessing": to_dict(plan),
                   "cases": [c.name for c in cases], "unlabelled": [c.name for c in unlabelled],
@@ -263,15 +280,29 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
     return {"output": output, **training, "lineage": lineage}
 
 
-def _pseudo_labels(unlabelled: Sequence[Case], plan: PreprocessingConfig, config: FinetuneConfig,
+def _pseudo_labels(unlabelled: Sequence[Case], plan: PreprocessingConfig, config: FinetuneConfig, schema: LabelSchema,
                    crop: Optional[int], trainer: Trainer, device: torch.device, procs: Any, reporter: Reporter,
-                   session: TrainingSession) -> PseudoLabels:
-    """The unlabelled slices, preprocessed like the labelled ones, and the term that uses them."""
+                   session: TrainingSession) -> None:
+    """Give the trainer's task the unlabelled slices (preprocessed like the labelled ones), the model that
+    labels them (the weight average), and the time that labelling will take."""
     data, _ = training_slices(SliceRequest(unlabelled, plan=plan), SliceStorage(), device, procs, reporter,
                               session.check_stop)
-    reporter.message(f"self-training on {len(unlabelled)} unlabelled volumes ({len(data)} slices): labels from "
-                     f"the weight average where it is >= {config.unlabelled_loss.confidence:g} sure")
-    return PseudoLabels(data, config.unlabelled_loss, config.augmentation, crop, lambda: trainer.kept)
+    terms = config.unlabelled_loss
+    task = trainer.task
+    task.pseudo = PseudoLabels(data, schema.num_classes, terms, crop, config.foreground if crop else 0.0,
+                               schema.one_object)
+    task.teacher = lambda: trainer.kept
+    task.labelling_seconds = task.pseudo.estimate_seconds(trainer.kept, config.eval_batch_size, config.loop.amp)
+
+    def labelled(step: int, summary: Dict[str, float]) -> None:
+        reporter.message(f"step {step}: labelled {len(data)} unlabelled slices with the weight average; "
+                         f"{100 * summary['confident']:.0f}% of pixels >= {terms.confidence:g} sure, a structure "
+                         f"found in {summary['volumes_found']:.0f} of {summary['volumes']:.0f} volumes; "
+                         f"{100 * terms.share:.0f}% of each batch from them from now on")
+
+    task.on_labelled = labelled
+    reporter.message(f"self-training on {len(unlabelled)} unlabelled volumes ({len(data)} slices): labelled "
+                     f"after {100 * terms.start:.0f}% of the steps (~{task.labelling_seconds:.0f} s)")
 
 
 def _settings(saved: Optional[Dict[str, Any]], config: FinetuneConfig, schema: LabelSchema,

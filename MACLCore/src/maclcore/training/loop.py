@@ -21,7 +21,7 @@ from ..runtime.progress import Reporter
 from ..runtime.control import StopRequest
 from ..runtime.device import autocast, is_out_of_memory, step_generator
 from ..runtime.processes import Processes, any_process, broadcast_object, mean_over_processes
-from .budget import DEFAULT_EPOCHS, BudgetClock, resolve_budget
+from .budget import DEFAULT_EPOCHS, RESERVE_SECONDS, BudgetClock, resolve_budget
 from .ema import ModelEMA
 
 # Under a time budget, validation and checkpoints happen at most this many times a run (an epoch of a few
@@ -198,8 +198,10 @@ class Trainer:
             return None
         if self.budget_minutes is None:
             return None
+        # A task may keep time aside for work outside the timed steps (one-off passes over other data).
+        reserve = getattr(self.task, "reserve_seconds", lambda: 0.0)()
         return BudgetClock(self.budget_minutes, started=self.started - self._elapsed_before,
-                           steps_before=state.global_step,
+                           steps_before=state.global_step, reserve_seconds=RESERVE_SECONDS + reserve,
                            max_steps=self.config.epochs * self.steps_per_epoch if self.config.epochs else None)
 
     def _plan(self, state: TrainState, clock: BudgetClock) -> None:
