@@ -80,6 +80,7 @@ class MACLSegmentParameterNode:
     finetunePretrained: pathlib.Path
     finetuneEpochs: Annotated[int, WithinRange(0, 100000)] = 0
     finetuneTimeBudget: Annotated[float, WithinRange(0, 1440)] = 0.0
+    finetuneUseUnlabelled: bool = True  # self-training on the Pretrain volumes (MACLCore's --unlabelled)
     finetuneOutput: pathlib.Path
     segmentModel: pathlib.Path
     segmentVolume: vtkMRMLScalarVolumeNode

@@ -129,8 +129,11 @@ class TrainingSection:
             options = FinetuneOptions(epochs=optionalCount(p.finetuneEpochs),
                                       timeBudget=optionalMinutes(p.finetuneTimeBudget), device=p.device,
                                       resume=self._askResume(output))
+            unlabelled = ((self.ui.pretrainVolumesComboBox.checkedNodes(), pathOrNone(p.pretrainFolder))
+                          if p.finetuneUseUnlabelled else ((), None))
             job = self.logic.finetune(pairs, pathOrNone(p.finetunePretrained), output, options,
-                                      schema=parseSchemaText(p.schemaText))
+                                      schema=parseSchemaText(p.schemaText), unlabelledNodes=unlabelled[0],
+                                      unlabelledFolder=unlabelled[1])
             self._watch(job, lambda model: setattr(p, "segmentModel", pathlib.Path(model)))
 
     def onSegment(self) -> None:

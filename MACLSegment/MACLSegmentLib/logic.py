@@ -247,8 +247,13 @@ class CoreLogic(HumanInTheLoopLogic):
 
     # -- finetune ----------------------------------------------------------------------------------------
     def finetune(self, pairs: Sequence[Tuple[Any, Any]], pretrainedModel: Optional[str], outputPath: str,
-                 options: Optional[FinetuneOptions] = None, schema: Any = None) -> BackgroundJob:
-        """Train a segmentation model on annotated (volume, segmentation) pairs; result: the model file."""
+                 options: Optional[FinetuneOptions] = None, schema: Any = None, unlabelledNodes: Sequence[Any] = (),
+                 unlabelledFolder: Optional[str] = None) -> BackgroundJob:
+        """Train a segmentation model on annotated (volume, segmentation) pairs; result: the model file.
+
+        ``unlabelledNodes`` (cine sequences: every frame) and the volumes of ``unlabelledFolder`` are learnt
+        from too, by self-training (MACLCore's ``--unlabelled``); the annotated volumes among the nodes are
+        left out, as they are learnt from with their labels."""
         options = options or FinetuneOptions()
         schema = schema or defaultSchema()
         pairs = [(volume, segmentation) for volume, segmentation in pairs if segmentation is not None]
@@ -267,6 +272,13 @@ class CoreLogic(HumanInTheLoopLogic):
             scene_io.writeLabelMap(labelMap, volume, os.path.join(labels, f"{names[-1]}.nrrd"))
         arguments = ["--images", images, "--labels", labels, "--out", outputPath,
                      "--labels-schema", registeredSchemaName(schema) or writeSchemaFile(schema, jobFolder)]
+        # By identity: a sequence's frames live in its own scene, where node IDs may repeat the main scene's.
+        annotated = [volume for volume, _ in pairs]
+        others = [node for node in sequences.expandFrames(unlabelledNodes) if not any(node is v for v in annotated)]
+        unlabelled = [scene_io.writeVolume(node, os.path.join(jobFolder, "unlabelled", f"slicerscene{index:03d}.nrrd"))
+                      for index, node in enumerate(others)] + self.folderVolumes(unlabelledFolder)
+        if unlabelled:
+            arguments += ["--unlabelled", *unlabelled]
         if pretrainedModel:
             arguments += ["--init", pretrainedModel]
         return self._startJob("Finetuning", "finetune", arguments + options.arguments(), jobFolder,

@@ -35,6 +35,7 @@ FIELDS = (
     Field("finetunePretrained", "path", pathlib.Path()),
     Field("finetuneEpochs", "int", 0),
     Field("finetuneTimeBudget", "float", 0.0),
+    Field("finetuneUseUnlabelled", "bool", True),  # self-training on the Pretrain volumes
     Field("finetuneOutput", "path", pathlib.Path()),
     Field("segmentModel", "path", pathlib.Path()),
     Field("segmentVolume", "node", None, "vtkMRMLScalarVolumeNode"),

@@ -24,7 +24,7 @@ from .testsupport import (SelfTestContext, check, checkGeometry, checkNamesAndCo
                           expectInputError, loadPhantoms, loadVolume, paintFromTruth, resultLabels, writePhantom)
 
 __all__ = ["SelfTestContext", "pretrainAvailable", "runWalkthrough", "testBadInput", "testCancel",
-           "testCineSequence", "testHumanInTheLoop", "testJobError", "testParameterRoundTrip", "testPretrain"]
+           "testCineSequence", "testFinetuneWithUnlabelled", "testHumanInTheLoop", "testJobError", "testParameterRoundTrip", "testPretrain"]
 
 # A finetune that learns the phantoms in ~25 s on two idle CPU cores (320 steps of a small U-Net; with the
 # finetuning recipe of issue 16, 160 steps scored 0.27-0.73 over five runs of these phantoms, 320 steps 0.91 (seed 0) and 0.61 (seed 1)).
@@ -204,7 +204,7 @@ def testParameterRoundTrip(context: SelfTestContext) -> None:
               "pretrainOutput": pathlib.Path("/models/pre.pt"),
               "schemaText": "RV cavity #4d95ed\nLV myocardium #62c75c\nLV cavity #e35647",
               "finetunePretrained": pathlib.Path("/models/pre.pt"), "finetuneEpochs": 9,
-              "finetuneTimeBudget": 4.0,
+              "finetuneTimeBudget": 4.0, "finetuneUseUnlabelled": False,
               "finetuneOutput": pathlib.Path("/models/seg.pt"), "segmentModel": pathlib.Path("/models/seg.pt"),
               "segmentVolume": volume, "segmentFrames": "ED and ES", "segmentShow3D": True, "segmentOutput": annotation}
     check(set(values) == set(parameters.FIELDS_BY_NAME), "the round trip must cover every parameter")
@@ -242,6 +242,29 @@ def testParameterRoundTrip(context: SelfTestContext) -> None:
     for role, nodes in ticked.items():
         names = [n.GetName() for n in parameters.readNodeList(found, role)]
         check(names == [n.GetName() for n in nodes], f"ticked {role} lost: {names}")
+
+
+def testFinetuneWithUnlabelled(context: SelfTestContext) -> None:
+    """Finetune with the Pretrain volumes as unlabelled ones: the annotated volume among them is left out,
+    the others reach ``maclcore finetune --unlabelled`` and the model file names them."""
+    import torch
+
+    logic, schema = context.logic(), defaultSchema()
+    cases = loadPhantoms(context, (TRAINING_SEEDS[0], TRAINING_SEEDS[1]))
+    pairs = annotateCases(context, cases[:1], schema)
+    model = os.path.join(context.folder, "unlabelled", "model.pt")
+    job = logic.finetune(pairs, None, model, TINY_FINETUNE, schema, unlabelledNodes=[volume for volume, _ in cases])
+    given = job.command[job.command.index("--unlabelled") + 1:]
+    given = given[:next((i for i, part in enumerate(given) if part.startswith("--")), len(given))]
+    check(len(given) == 1 and os.path.isfile(given[0]), f"unlabelled files passed: {given}")
+    logic.runToCompletion(job, JOB_TIMEOUT)
+    saved = torch.load(model, weights_only=True)
+    check(len(saved["training"]["unlabelled_cases"]) == 1, f"the model lists {saved['training']['unlabelled_cases']}")
+    plain = logic.finetune(pairs, None, os.path.join(context.folder, "unlabelled", "plain.pt"), TINY_FINETUNE, schema,
+                           unlabelledNodes=[pairs[0][0]])
+    check("--unlabelled" not in plain.command, "the annotated volume alone was passed as unlabelled")
+    plain.cancel()
+    plain.wait(timeout=3 * plain.cancelGrace, idle=context.idle)
 
 
 def pretrainAvailable(context: SelfTestContext) -> bool:

@@ -29,6 +29,10 @@ def test_cancel_stops_cleanly_and_leaves_resume_state(selfTestContext):
     selftests.testCancel(selfTestContext)
 
 
+def test_finetune_learns_from_the_pretrain_volumes_too(selfTestContext):
+    selftests.testFinetuneWithUnlabelled(selfTestContext)
+
+
 def test_parameters_survive_scene_save_and_reload(selfTestContext):
     selftests.testParameterRoundTrip(selfTestContext)
 
