@@ -7,6 +7,8 @@ flags given after it (e.g. the previous default recipe under the same budget), i
 
     python benchmarks/acdc_defaults.py --m 2 4
     python benchmarks/acdc_defaults.py --m 2 4 --draw 1 --tta        # another draw; scored with and without TTA
+    python benchmarks/acdc_defaults.py --m 2 --skip-default --with-unlabelled 30 \
+        --unlabelled-arm macl-unlabelled "--init pretrained.pt"      # pretraining + unlabelled volumes
     python benchmarks/acdc_defaults.py --table                       # this CPU's runs: mean ± std over draws
     (entries record ``inference_default``, what plain ``maclcore predict`` did: "tta" for the M = 1 entry of
     results/acdc_defaults_cpu_avx2.json, measured while TTA was the default, whose ``inference.no_tta`` is plain.)
@@ -160,6 +162,9 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--with-unlabelled", type=int, default=0, metavar="N",
                         help="add an arm: the defaults plus --unlabelled with N other pool patients' images "
                              "(both frames; never evaluation or training patients)")
+    parser.add_argument("--unlabelled-arm", nargs=2, metavar=("NAME", "FLAGS"), default=("unlabelled", ""),
+                        help="the --with-unlabelled arm's name and extra finetune flags (one quoted string), e.g. "
+                             "macl-unlabelled \"--init pretrained.pt\" (default: unlabelled, none)")
     parser.add_argument("--tta", action="store_true",
                         help="also predict with --tta (flipped slices averaged) and score that, from the same model")
     parser.add_argument("--output", default=None,
@@ -194,7 +199,8 @@ def main(argv: Sequence[str] = None) -> int:
             others = unlabelled_patients(pool, args.draw, args.with_unlabelled, m)
             folder = make_subset(os.path.join(work, f"unlabelled_{args.with_unlabelled}"), others, args.data,
                                  images_only=True)
-            extra = [("unlabelled", ["--unlabelled", os.path.join(folder, "imagesTr")])]
+            name, flags = args.unlabelled_arm
+            extra = [(name, ["--unlabelled", os.path.join(folder, "imagesTr"), *shlex.split(flags)])]
         for name, flags in arms + extra:
             entry = run_arm(name, flags, chosen, work, args.data, log, args.tta)
             entry.update(device=device, cpu=cpu_model(), cpu_flags=bf16_flags(), threads=torch.get_num_threads(),

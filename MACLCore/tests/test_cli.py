@@ -111,3 +111,27 @@ def test_without_json_progress_a_rejected_option_prints_only_usage(capfd):
         main(["predict", "--model", "m.pt"])
     out, err = capfd.readouterr()
     assert exited.value.code == 2 and out == "" and "the following arguments are required: --image, --out" in err
+
+
+def test_self_training_options_reach_the_config():
+    import argparse
+
+    from maclcore.cli import finetune as command
+    from maclcore.cli.options import flag_name
+
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers())
+    base = ["finetune", "--images", "i", "--labels", "l", "--out", "m.pt"]
+    plain = command.config_from_args(parser.parse_args(base)).unlabelled_loss
+    assert plain == command.FinetuneConfig().unlabelled_loss
+    terms = command.config_from_args(parser.parse_args(
+        base + ["--unlabelled-passes", "0.3", "0.7", "--unlabelled-share", "0.25", "--unlabelled-confidence", "0.9",
+                "--unlabelled-no-tta"])).unlabelled_loss
+    assert (terms.passes, terms.share, terms.confidence, terms.tta) == ((0.3, 0.7), 0.25, 0.9, False)
+    assert flag_name("unlabelled_loss.passes") == "--unlabelled-passes"  # what an engine message names
+
+
+def test_a_bad_self_training_option_names_its_flag(tmp_path):
+    result = maclcore("finetune", "--images", str(tmp_path), "--labels", str(tmp_path), "--out",
+                      str(tmp_path / "m.pt"), "--unlabelled-passes", "0.8", "0.4", check=False)
+    assert result.returncode != 0 and "--unlabelled-passes" in result.stderr and "increasing" in result.stderr

@@ -1,5 +1,5 @@
-"""Unlabelled volumes in finetuning: which rows they take, their pseudo-labels (post-processed, unsure pixels
-ignored), the loss over confident pixels, and runs that use them (labelled once, at the start share)."""
+"""Unlabelled volumes in finetuning: which rows they take, their pseudo-labels (post-processed, unsure and
+unstable pixels ignored, relabelled at each pass), the loss over kept pixels, and runs that use them."""
 
 import numpy as np
 import pytest
@@ -16,8 +16,9 @@ def test_config_is_checked():
         UnlabelledConfig(confidence=1.0)
     with pytest.raises(ConfigError, match="share"):
         UnlabelledConfig(share=1.0)
-    with pytest.raises(ConfigError, match="start"):
-        UnlabelledConfig(start=1.0)
+    for passes in [(), (0.5, 0.4), (0.4, 0.4), (0.5, 1.0), (-0.1,)]:
+        with pytest.raises(ConfigError, match="passes"):
+            UnlabelledConfig(passes=passes)
 
 
 def test_pseudo_rows_take_their_share_whatever_the_split():
@@ -51,15 +52,17 @@ class Teacher(torch.nn.Module):
 def test_labels_are_postprocessed_and_unsure_pixels_ignored():
     data = SliceData(images=torch.rand(4, 1, 32, 32), positions=torch.zeros(4),
                      volumes=torch.tensor([0, 0, 1, 1]), names=["a", "b"])
-    pseudo = PseudoLabels(data, 3, UnlabelledConfig(confidence=0.9, start=0.5), 16, 1.0, one_object=True)
+    pseudo = PseudoLabels(data, 3, UnlabelledConfig(confidence=0.9, passes=(0.5,), tta=False), 16, 1.0,
+                          one_object=True)
     assert not pseudo.due(0.4) and pseudo.due(0.5)
-    summary = pseudo.label(Teacher(), 8, amp=False)
+    summary = pseudo.label(Teacher(), 8, amp=False, progress=0.5)
     labels = pseudo.labels.numpy()
     assert (labels[:, 4:10, 4:10] == 2).all()  # the heart, confident
     assert (labels[:, 0:4, 16:18] == IGNORE).all()  # 60% sure: ignored
     assert (labels[:, 26:28, 26:28] == 0).all()  # the stray island: removed by the heart-first post-processing
-    assert summary["confident"] == pytest.approx(1 - 8 / 32 ** 2) and summary["volumes_found"] == 2
-    assert not pseudo.due(0.9)  # labelled once
+    assert summary["kept"] == pytest.approx(1 - 8 / 32 ** 2) and summary["volumes_found"] == 2
+    assert summary["pass"] == 1 and summary["changed"] == 0
+    assert not pseudo.due(0.9)  # its one pass is made
     # Crops are centred on the pseudo-labelled structure (foreground 1: always), never on an ignored pixel.
     picks, centres = pseudo.draw(torch.arange(64), 64, torch.Generator().manual_seed(0))
     pixels = ((centres + 1) / 2 * 32 - 0.5).numpy()  # (x, y): a square pixel 4..9, +-1/8 crop of jitter
@@ -92,7 +95,107 @@ def _phantoms(tmp_path):
             find_images([str(tmp_path / "u" / "imagesTr")]))
 
 
-def test_finetune_labels_the_unlabelled_volumes_once_at_the_start_share(tmp_path):
+class Bright(torch.nn.Module):
+    """Labels by intensity: class 1 where the image is above ``threshold``, background elsewhere; as sure
+    as ``sure``. Flip-equivariant, as a trained network nearly is."""
+
+    def __init__(self, threshold, sure=0.95):
+        super().__init__()
+        self.threshold, self.sure = threshold, sure
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        one = (x[:, 0] > self.threshold).float()
+        p1 = one * self.sure + (1 - one) * (1 - self.sure) / 2
+        p = torch.stack([1 - p1 - (1 - self.sure) / 2, p1, torch.full_like(p1, (1 - self.sure) / 2)], 1)
+        return p.clamp(min=1e-4).log() + 0 * self.weight
+
+
+def _ramp_slices():
+    """Two volumes of two 32² slices whose intensity rises from left (0) to right (1)."""
+    ramp = torch.linspace(0, 1, 32).expand(32, 32)
+    return SliceData(images=ramp.expand(4, 1, 32, 32).clone(), positions=torch.zeros(4),
+                     volumes=torch.tensor([0, 0, 1, 1]), names=["a", "b"])
+
+
+def test_each_pass_relabels_and_pixels_that_changed_are_ignored():
+    data = _ramp_slices()
+    pseudo = PseudoLabels(data, 3, UnlabelledConfig(confidence=0.5, passes=(0.2, 0.5, 0.8)), None, 1.0,
+                          one_object=False)
+    assert [pseudo.due(p) for p in (0.1, 0.2)] == [False, True] and pseudo.remaining_passes() == 3
+    first = pseudo.label(Bright(0.5), 4, amp=False, progress=0.2)
+    labels = pseudo.labels.numpy()
+    columns = torch.linspace(0, 1, 32).numpy() > 0.5
+    assert (labels[:, :, columns] == 1).all() and (labels[:, :, ~columns] == 0).all()  # flips averaged back
+    assert first["pass"] == 1 and first["kept"] == 1.0
+    assert not pseudo.due(0.4) and pseudo.due(0.5) and pseudo.remaining_passes(0.4) == 2
+    # The second teacher calls more columns class 1: those changed, so they are ignored; the rest are kept.
+    second = pseudo.label(Bright(0.25), 4, amp=False, progress=0.5)
+    labels = pseudo.labels.numpy()
+    moved = (torch.linspace(0, 1, 32).numpy() > 0.25) & ~columns
+    assert (labels[:, :, moved] == IGNORE).all() and (labels[:, :, columns] == 1).all()
+    assert (labels[:, :, ~(moved | columns)] == 0).all()
+    assert second["changed"] == pytest.approx(moved.mean()) and second["kept"] == pytest.approx(1 - moved.mean())
+    # A third teacher that agrees with the second: nothing changed since the last pass, nothing ignored.
+    third = pseudo.label(Bright(0.25), 4, amp=False, progress=0.8)
+    assert third["changed"] == 0 and (pseudo.labels != IGNORE).all() and not pseudo.due(0.99)
+    # Without the agreement rule, the changed pixels are kept with their new label.
+    loose = PseudoLabels(data, 3, UnlabelledConfig(confidence=0.5, passes=(0.2, 0.5), agreement=False), None, 1.0,
+                         one_object=False)
+    loose.label(Bright(0.5), 4, amp=False, progress=0.2)
+    loose.label(Bright(0.25), 4, amp=False, progress=0.5)
+    assert (loose.labels.numpy()[:, :, moved] == 1).all()
+
+
+def test_passes_already_due_are_made_as_one():
+    """A run resumed past two passes labels once, and counts both as made."""
+    pseudo = PseudoLabels(_ramp_slices(), 3, UnlabelledConfig(passes=(0.2, 0.5, 0.8)), None, 1.0, one_object=False)
+    assert pseudo.remaining_passes(0.6) == 2  # the due one (made as one) and 0.8
+    summary = pseudo.label(Bright(0.5), 4, amp=False, progress=0.6)
+    assert summary["pass"] == 2 and not pseudo.due(0.7) and pseudo.due(0.8)
+
+
+def test_the_step_puts_labelled_rows_first_and_pseudo_rows_after():
+    """The loss splits the batch by position (no device-to-host wait): labelled slices first, then the
+    pseudo-labelled ones, as many as pseudo_rows gives them, whatever the process's offset."""
+    from maclcore.data.augment import AugmentationConfig
+    from maclcore.training.finetune import FinetuneConfig, FinetuneTask
+    from maclcore.training.loop import LoopConfig
+
+    size = 32
+    labels = torch.zeros(6, size, size, dtype=torch.uint8)
+    labels[:, 8:24, 8:24] = 1
+    train = SliceData(images=torch.ones(6, 1, size, size), positions=torch.zeros(6), volumes=torch.zeros(6, dtype=torch.long),
+                      names=["l"], labels=labels)
+    unlabelled = SliceData(images=torch.zeros(5, 1, size, size), positions=torch.zeros(5),
+                           volumes=torch.zeros(5, dtype=torch.long), names=["u"])
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 3, 1)
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.conv(x)
+
+    config = FinetuneConfig(loop=LoopConfig(batch_size=4), augmentation=AugmentationConfig(enabled=False),
+                            unlabelled_loss=UnlabelledConfig(share=0.5, passes=(0.0,), tta=False, confidence=0.0))
+    task = FinetuneTask(Recorder(), train, None, config, 3, crop=16)
+    task.pseudo = PseudoLabels(unlabelled, 3, config.unlabelled_loss, 16, 0.0, one_object=False)
+    task.pseudo.label(Bright(0.5), 4, amp=False, progress=0.0)
+    generator = torch.Generator().manual_seed(0)
+    for offset, batch in [(0, 4), (4, 3), (1, 1)]:
+        loss = task.loss(torch.arange(batch), generator, offset, 8)
+        assert torch.isfinite(loss)
+        taken = pseudo_rows(torch.arange(offset, offset + batch), 0.5)
+        mine = int((~taken).sum())
+        means = seen[-1].mean((1, 2, 3))
+        assert (means[:mine] > 0.5).all() and (means[mine:] == 0).all()
+
+
+def test_finetune_relabels_the_unlabelled_volumes_at_each_pass(tmp_path):
     from maclcore.runtime.progress import Reporter
     from maclcore.training.finetune import FinetuneConfig, finetune
     from maclcore.training.loop import LoopConfig
@@ -106,16 +209,17 @@ def test_finetune_labels_the_unlabelled_volumes_once_at_the_start_share(tmp_path
             self.messages.append(text)
 
     cases, unlabelled = _phantoms(tmp_path)
-    config = FinetuneConfig(loop=LoopConfig(epochs=2, steps_per_epoch=4, batch_size=4, ema_decay=0.9),
+    config = FinetuneConfig(loop=LoopConfig(epochs=5, steps_per_epoch=2, batch_size=4, ema_decay=0.9),
                             channels=(4, 4, 4, 8, 8), spacing=6.0, size=64,  # the unlabelled ones may not grow it
-                            unlabelled_loss=UnlabelledConfig(start=0.5, confidence=0.0))
+                            unlabelled_loss=UnlabelledConfig(passes=(0.5, 0.8), confidence=0.0))
     recorder = Recorder()
     summary = finetune(cases, tmp_path / "m.pt", config, device="cpu", unlabelled=unlabelled, reporter=recorder)
-    assert summary["history"][-1]["step"] == 8
-    labelled = [m for m in recorder.messages if "labelled" in m and m.startswith("step")]
-    assert len(labelled) == 1 and labelled[0].startswith("step 4:")  # once, half-way through 8 steps
+    assert summary["history"][-1]["step"] == 10
+    labelled = [m for m in recorder.messages if m.startswith("step") and "labelled" in m]
+    assert [m.split(":")[0] for m in labelled] == ["step 5", "step 8"]  # half-way and at 80% of 10 steps
+    assert "pass 1 of 2" in labelled[0] and "pass 2 of 2" in labelled[1] and "changed since the last" in labelled[1]
     saved = torch.load(tmp_path / "m.pt", weights_only=True)
-    assert saved["training"]["config"]["unlabelled_loss"]["start"] == 0.5
+    assert saved["training"]["config"]["unlabelled_loss"]["passes"] == [0.5, 0.8]
     assert sorted(saved["training"]["unlabelled_cases"]) == sorted(c.name for c in unlabelled)
     without = finetune(cases, tmp_path / "plain.pt", config, device="cpu")
     # The first half is the same run; the second half differs (its batches hold unlabelled crops).
@@ -124,7 +228,7 @@ def test_finetune_labels_the_unlabelled_volumes_once_at_the_start_share(tmp_path
 
 
 def test_budgeted_run_keeps_the_labelling_time_aside(tmp_path, monkeypatch):
-    """Under a time budget the clock is told the labelling pass's estimated time, so the run still ends on time."""
+    """Under a time budget the clock is told the labelling passes' estimated time, so the run still ends on time."""
     from maclcore.training import loop
     from maclcore.training.budget import RESERVE_SECONDS, BudgetClock
     from maclcore.training.finetune import FinetuneConfig, finetune
@@ -143,4 +247,5 @@ def test_budgeted_run_keeps_the_labelling_time_aside(tmp_path, monkeypatch):
                             channels=(4, 4, 4, 8, 8), spacing=6.0)
     finetune(cases, tmp_path / "m.pt", config, device="cpu", unlabelled=unlabelled)
     finetune(cases, tmp_path / "plain.pt", config, device="cpu")
-    assert reserves == [RESERVE_SECONDS + 12.5, RESERVE_SECONDS]
+    passes = len(config.unlabelled_loss.passes)  # every pass to come is kept aside
+    assert passes == 3 and reserves == [RESERVE_SECONDS + passes * 12.5, RESERVE_SECONDS]

@@ -194,3 +194,19 @@ def overlap(prediction, truth):
     from maclcore.evaluation.metrics import overlap_per_class
 
     return [float(d) for d in overlap_per_class(prediction, truth, 4)["dice"]]
+
+
+def test_pseudo_label_scores_per_class_over_kept_pixels():
+    """The pseudo-label benchmark's Dice: per volume, then averaged; ignored pixels count in neither map."""
+    from pseudo_label_quality import dice_per_class
+
+    truth = np.zeros((2, 4, 4), np.uint8)
+    truth[:, :2, :2] = 1  # 4 pixels of class 1 in each slice; class 2 absent
+    pred = truth.copy()
+    pred[0, 0, 0] = 0  # volume 0: 3 of 4 found -> Dice 6/7
+    pred[1, 3, 3] = 2  # volume 1: class 1 perfect; a false class 2 pixel -> Dice 0
+    volumes = np.array([0, 1])
+    assert dice_per_class(pred, truth, volumes, 3) == pytest.approx([(6 / 7 + 1) / 2, (1 + 0) / 2])
+    keep = np.ones_like(truth, bool)
+    keep[0, 0, 0] = keep[1, 3, 3] = False  # the two mistakes ignored: perfect
+    assert dice_per_class(pred, truth, volumes, 3, keep) == pytest.approx([1.0, 1.0])

@@ -25,9 +25,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--labels", required=True, help="folder of label maps or .seg.nrrd segmentations")
     parser.add_argument("--out", required=True, help="model file to write, e.g. model.pt")
     parser.add_argument("--unlabelled", nargs="+", metavar="IMAGES",
-                        help="unlabelled volumes (folders and/or files) to learn from too: half-way through, "
-                             "the model's weight average labels them, and half of each later batch is crops of "
-                             "them, confident pixels only (benchmarks/results/acdc_defaults_cpu.json: what it adds)")
+                        help="unlabelled volumes (folders and/or files) to learn from too: at 40%%, 60%% and 80%% "
+                             "of the run the model's weight average labels them (flips averaged), and half of "
+                             "each batch from the first pass on is crops of them, sure and stable pixels only "
+                             "(benchmarks/results/acdc_defaults_cpu.json: what it adds)")
+    terms = FinetuneConfig().unlabelled_loss
+    group = parser.add_argument_group("self-training on --unlabelled volumes")
+    group.add_argument("--unlabelled-passes", type=float, nargs="+", metavar="SHARE",
+                       help=f"shares of the run at which they are (re)labelled (default "
+                            f"{' '.join(f'{p:g}' for p in terms.passes)})")
+    group.add_argument("--unlabelled-share", type=float,
+                       help=f"share of each batch taken from them after the first pass (default {terms.share:g})")
+    group.add_argument("--unlabelled-confidence", type=float,
+                       help=f"pixels the model is less sure of are ignored (default {terms.confidence:g})")
+    group.add_argument("--unlabelled-no-tta", dest="unlabelled_tta", action="store_false", default=None,
+                       help="label them without averaging the flips (4x faster labelling passes)")
     parser.add_argument("--init", help="start from this pretrained (maclcore pretrain) or segmentation model; a "
                                        "segmentation model is continued (all weights, its preprocessing) and "
                                        "recorded as the new model's parent in its lineage")
@@ -59,7 +71,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     base = FinetuneConfig()
+    passes = args.unlabelled_passes
+    terms = replace(base.unlabelled_loss, **given(args, share="unlabelled_share", confidence="unlabelled_confidence",
+                                                  tta="unlabelled_tta"),
+                    **({"passes": tuple(passes)} if passes else {}))
     return replace(base, loop=loop_config(args, base.loop), augmentation=augmentation_config(args, base.augmentation),
+                   unlabelled_loss=terms,
                    **given(args, lr="lr", warmup="warmup", crop="crop", foreground="foreground",
                            dice_weight="dice_weight", val_fraction="val_fraction",
                            min_val_groups="min_val_groups",
@@ -71,9 +88,10 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
                               [("images", args.images), ("labels", args.labels), ("init", args.init),
                                *[("unlabelled", path) for path in args.unlabelled or []],
                                ("labels_schema", schema_file(args.labels_schema))])
+    config = config_from_args(args)  # a bad option is told before the data is read
     cases = pair_cases(args.images, args.labels)
     unlabelled = find_images(args.unlabelled) if args.unlabelled else []
-    finetune(cases, args.out, config_from_args(args), schema=get_schema(args.labels_schema), init=args.init,
+    finetune(cases, args.out, config, schema=get_schema(args.labels_schema), init=args.init,
              device=args.device, reporter=reporter, resume=args.resume, stop_file=args.stop_file,
              storage=storage_config(args), unlabelled=unlabelled)
     return 0

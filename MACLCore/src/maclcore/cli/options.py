@@ -29,7 +29,8 @@ FLAGS = {
     "storage.cache_dir": "--cache-dir", "storage.max_memory": "--max-memory",
     "storage.cache_dtype": "--cache-dtype", "model": "--model", "pred": "--pred",
     "pretrain_epochs": "--pretrain-epochs", "finetune_epochs": "--finetune-epochs", "unlabelled": "--unlabelled",
-    "labelled": "--labelled",
+    "labelled": "--labelled", "unlabelled_loss.passes": "--unlabelled-passes",
+    "unlabelled_loss.share": "--unlabelled-share", "unlabelled_loss.confidence": "--unlabelled-confidence",
 }
 
 

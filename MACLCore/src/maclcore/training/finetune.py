@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..config import from_dict, to_dict
-from ..data.augment import AugmentationConfig, augment_batch, draw_augmentation
+from ..data.augment import Augmentation, AugmentationConfig, augment_batch, draw_augmentation
 from ..data.dataset import SliceData, read_case_geometries
 from ..data.preprocessing import TRAINING_MIN_SPACING, PreprocessingConfig, plan_preprocessing
 from ..data.sampling import CropConfig, CropSampler, crop_affines, crop_pixels
@@ -141,16 +141,17 @@ class FinetuneTask:
         self.labelling_seconds = 0.0
 
     def at_step(self, step: int, total: int) -> None:
-        """Where the run stands: the unlabelled slices are labelled once it reaches their start (again
-        after a resume, by the restored weight average)."""
-        if self.pseudo is not None and self.teacher is not None and self.pseudo.due(step / max(1, total)):
-            summary = self.pseudo.label(self.teacher(), self.config.eval_batch_size, self.config.loop.amp)
+        """Where the run stands: the unlabelled slices are (re)labelled when it reaches one of their passes
+        (after a resume, at once by the restored weight average when a pass is due)."""
+        progress = step / max(1, total)
+        if self.pseudo is not None and self.teacher is not None and self.pseudo.due(progress):
+            summary = self.pseudo.label(self.teacher(), self.config.eval_batch_size, self.config.loop.amp, progress)
             if self.on_labelled is not None:
                 self.on_labelled(step, summary)
 
     def reserve_seconds(self) -> float:
-        """Time a budgeted run keeps aside for work outside the timed steps: labelling the unlabelled slices."""
-        return self.labelling_seconds if self.pseudo is not None and not self.pseudo.ready else 0.0
+        """Time a budgeted run keeps aside for work outside the timed steps: the labelling passes to come."""
+        return self.labelling_seconds * self.pseudo.remaining_passes() if self.pseudo is not None else 0.0
 
     def prefetch(self, indices: torch.Tensor, rows: torch.Tensor) -> None:
         """Start gathering a coming step's slices (when they stream from disk; crops pick their own slices,
@@ -158,33 +159,45 @@ class FinetuneTask:
         self.train.prefetch(indices, rows)
 
     def loss(self, indices: torch.Tensor, generator: torch.Generator, offset: int, global_batch: int) -> torch.Tensor:
-        rows = torch.arange(offset, offset + indices.shape[0], device=indices.device)
-        augmentation = draw_augmentation(global_batch, rows, self.config.augmentation, generator, indices.device)
-        size = None
-        if self.sampler is not None:
-            indices, centres = self.sampler.draw(indices, generator, rows, global_batch)
-            size = (self.crop, self.crop)
-        else:
-            centres = torch.zeros(indices.shape[0], 2, device=indices.device)
-        images, labels = self.train.images[indices], self.train.labels[indices]
-        pseudo = None
+        device = indices.device
+        count = indices.shape[0]
+        rows = torch.arange(offset, offset + count, device=device)
+        augmentation = draw_augmentation(global_batch, rows, self.config.augmentation, generator, device)
+        size = (self.crop, self.crop) if self.sampler is not None else None
+        # Once the unlabelled slices are labelled, some rows take one of them instead; the batch keeps its
+        # size, so a step costs the same. Which rows is known on the host (it depends on the row numbers
+        # alone): the batch is ordered labelled rows first, so the two losses take slices of it, without a
+        # device-to-host wait.
+        labelled = torch.arange(count)
+        pseudo = torch.arange(0)
         if self.pseudo is not None and self.pseudo.ready:
-            # Some rows take an unlabelled slice instead; the batch keeps its size, so a step costs the same.
-            pseudo = pseudo_rows(rows, self.config.unlabelled_loss.share)
-            picks, around = self.pseudo.draw(rows, global_batch, generator)
-            images = torch.where(pseudo[:, None, None, None], self.pseudo.data.images[picks], images)
-            labels = torch.where(pseudo[:, None, None], self.pseudo.labels[picks], labels)  # type: ignore[index]
-            centres = torch.where(pseudo[:, None], around, centres)
-        if self.sampler is not None or pseudo is not None:
+            taken = pseudo_rows(torch.arange(offset, offset + count), self.config.unlabelled_loss.share)
+            labelled, pseudo = torch.nonzero(~taken)[:, 0], torch.nonzero(taken)[:, 0]
+        order = torch.cat([labelled, pseudo]).to(device, non_blocking=True)
+        own = order[:labelled.shape[0]]
+        if self.sampler is not None:
+            slices, centres = self.sampler.draw(indices[own], generator, rows[own], global_batch)
+        else:
+            slices, centres = indices[own], torch.zeros(own.shape[0], 2, device=device)
+        images, labels = self.train.images[slices], self.train.labels[slices]
+        if pseudo.shape[0]:
+            theirs = order[labelled.shape[0]:]
+            picks, around = self.pseudo.draw(rows[theirs], global_batch, generator)  # type: ignore[union-attr]
+            images = torch.cat([images, self.pseudo.data.images[picks]])  # type: ignore[union-attr]
+            labels = torch.cat([labels, self.pseudo.labels[picks]])  # type: ignore[union-attr,index]
+            centres = torch.cat([centres, around])
+        augmentation = Augmentation(theta=augmentation.theta[order], intensity=augmentation.intensity[order])
+        if size is not None or pseudo.shape[0]:
             augmentation = replace(augmentation, theta=crop_affines(augmentation.theta, centres, self.crop or
                                                                       self.train.size, self.train.size))
         images, labels = augment_batch(images, labels, augmentation, size)
         logits = self.model(images)
-        if pseudo is None:
+        mine = labelled.shape[0]
+        if not pseudo.shape[0]:
             return segmentation_loss(logits, labels, self.config.dice_weight)
-        return (segmentation_loss(logits[~pseudo], labels[~pseudo], self.config.dice_weight)
-                + self.config.unlabelled_loss.weight
-                * segmentation_loss(logits[pseudo], labels[pseudo], self.config.dice_weight, ignore_index=IGNORE))
+        term = self.config.unlabelled_loss.weight * segmentation_loss(logits[mine:], labels[mine:],
+                                                                      self.config.dice_weight, ignore_index=IGNORE)
+        return term + segmentation_loss(logits[:mine], labels[:mine], self.config.dice_weight) if mine else term
 
     def epoch_metrics(self) -> Dict[str, float]:
         return {}
@@ -295,14 +308,17 @@ def _pseudo_labels(unlabelled: Sequence[Case], plan: PreprocessingConfig, config
     task.labelling_seconds = task.pseudo.estimate_seconds(trainer.kept, config.eval_batch_size, config.loop.amp)
 
     def labelled(step: int, summary: Dict[str, float]) -> None:
-        reporter.message(f"step {step}: labelled {len(data)} unlabelled slices with the weight average; "
-                         f"{100 * summary['confident']:.0f}% of pixels >= {terms.confidence:g} sure, a structure "
-                         f"found in {summary['volumes_found']:.0f} of {summary['volumes']:.0f} volumes; "
-                         f"{100 * terms.share:.0f}% of each batch from them from now on")
+        changed = f", {100 * summary['changed']:.1f}% changed since the last" if summary["pass"] > 1 else ""
+        reporter.message(f"step {step}: pass {summary['pass']:.0f} of {len(terms.passes)} labelled {len(data)} "
+                         f"unlabelled slices with the weight average{' (flips averaged)' if terms.tta else ''}; "
+                         f"{100 * summary['kept']:.0f}% of pixels kept (>= {terms.confidence:g} sure{changed}), a "
+                         f"structure found in {summary['volumes_found']:.0f} of {summary['volumes']:.0f} volumes; "
+                         f"{100 * terms.share:.0f}% of each batch from them")
 
     task.on_labelled = labelled
+    passes = ", ".join(f"{100 * p:.0f}%" for p in terms.passes)
     reporter.message(f"self-training on {len(unlabelled)} unlabelled volumes ({len(data)} slices): labelled "
-                     f"after {100 * terms.start:.0f}% of the steps (~{task.labelling_seconds:.0f} s)")
+                     f"after {passes} of the steps (~{task.labelling_seconds:.0f} s a pass)")
 
 
 def _settings(saved: Optional[Dict[str, Any]], config: FinetuneConfig, schema: LabelSchema,
