@@ -35,7 +35,7 @@ sys.path.insert(0, HERE)
 
 from acdc_subset import DEFAULT_ACDC, make_subset, patients  # noqa: E402
 from common import bf16_flags, cpu_model  # noqa: E402
-from study import draws  # noqa: E402
+from study import draws, unlabelled_patients  # noqa: E402
 
 EVAL = [2, 22, 42, 62, 82, 3, 23, 43, 63, 83]  # the study's evaluation patients
 
@@ -102,15 +102,6 @@ def run_arm(name: str, flags: List[str], chosen: List[int], work: str, data: str
             **{k: default[k] for k in ("dice", "mean_dice", "hd95_mm", "hd95_undefined", "mean_hd95_mm",
                                        "rv_below_0.1")}, "inference_default": "none",  # what plain `maclcore predict` does
             **({"inference": variants} if variants else {})}
-
-
-def unlabelled_patients(pool: Sequence[int], draw: int, count: int, m: int) -> List[int]:
-    """The ``count`` patients whose images an unlabelled arm of ``draw`` uses: the end of the draw's order
-    of the pool (which holds no evaluation patient), so no arm of M <= len(pool) - count trains on them."""
-    if m > len(pool) - count:
-        raise SystemExit(f"--with-unlabelled {count} leaves {len(pool) - count} pool patients, fewer than M = {m}")
-    order = draws(pool, [len(pool)], draw + 1, 0)[len(pool)][draw]
-    return order[len(order) - count:]
 
 
 def _spread(values: List[float], digits: int = 3) -> str:

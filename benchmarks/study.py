@@ -14,6 +14,9 @@ Protocol (also written into the report):
    by the seed. Every arm finetunes on the same patients with the same recipe and the same number of steps.
 4. Every model segments the evaluation patients; Dice, IoU and HD95 per class are computed per case; the
    report gives mean and std over draws of the per-draw mean over evaluation cases.
+5. With ``"unlabelled": N`` every arm's finetuning also self-trains on the images of N pool patients
+   (:func:`unlabelled_patients`: never an evaluation patient, nor one the draw labels at any M the study
+   allows), as ``maclcore finetune --unlabelled`` does.
 
 Every unit of work (a pretraining, a finetune + evaluation) writes its result file when done and is
 skipped when that file exists, so an interrupted study continues where it stopped (pretraining itself also
@@ -84,6 +87,21 @@ def draws(pool: Sequence[int], counts: Sequence[int], count: int, seed: int) -> 
     return {m: [[int(p) for p in order[:m]] for order in orders] for m in counts}
 
 
+def unlabelled_patients(pool: Sequence[int], draw: int, count: int, m: int) -> List[int]:
+    """The ``count`` patients whose images the unlabelled volumes of ``draw`` are: the end of the draw's
+    order of the pool (which holds no evaluation patient), so no arm of M <= len(pool) - count trains on them.
+    One rule for this study and ``acdc_defaults.py --with-unlabelled``."""
+    if m > len(pool) - count:
+        raise SystemExit(f"{count} unlabelled patients leave {len(pool) - count} pool patients, fewer than M = {m}")
+    order = draws(pool, [len(pool)], draw + 1, 0)[len(pool)][draw]
+    return order[len(order) - count:]
+
+
+def pool_of(config: Dict[str, Any]) -> List[int]:
+    """The patients a study draws from: every patient of its data but the evaluation ones."""
+    return [p for p in patients(config["data"]) if p not in set(config["eval_patients"])]
+
+
 def _loop(default: LoopConfig, settings: Dict[str, Any], **fixed: Any) -> LoopConfig:
     """The trainer's own default loop (its batch size, weight average, ...) with the study's length and
     batch: ``epochs`` (with ``steps_per_epoch``) and/or ``time_budget`` minutes; neither: the device's
@@ -136,14 +154,16 @@ def finetune_and_evaluate(arm: str, m: int, draw: int, chosen: List[int], init: 
     model = os.path.join(folder, "model.pt")
     reporter = make_reporter(progress)
     resume = os.path.exists(os.path.join(folder, "model.resume.pt"))
+    others = unlabelled_patients(pool_of(config), draw, config["unlabelled"], m) if config.get("unlabelled") else []
     finetune(cases_of(chosen, config["data"]), model, finetune_cfg, CARDIAC, init=init, device=device,
-             reporter=reporter, resume=resume)
+             reporter=reporter, resume=resume, unlabelled=cases_of(others, config["data"], with_labels=False))
     evaluation = cases_of(config["eval_patients"], config["data"])
     predictions = os.path.join(folder, "predictions")
     predict_files(model, [c.image for c in evaluation], predictions, device=device, reporter=reporter)
     labels = label_links([c.label for c in evaluation], os.path.join(folder, "labels"))
     report = evaluate_folders(predictions, labels, CARDIAC, reporter=reporter)
-    result = {"arm": arm, "M": m, "draw": draw, "patients": chosen, "seconds": round(time.perf_counter() - started, 1),
+    result = {"arm": arm, "M": m, "draw": draw, "patients": chosen, "unlabelled_patients": others,
+              "seconds": round(time.perf_counter() - started, 1),
               "cases": report["cases"], "summary": report["summary"]}
     write_text_atomic(result_path, json.dumps(result, indent=1))
     if settings.get("delete_models", True):
@@ -154,7 +174,7 @@ def finetune_and_evaluate(arm: str, m: int, draw: int, chosen: List[int], init: 
 def plan(config: Dict[str, Any]) -> Tuple[List[int], List[str], List[Cell]]:
     """The pretraining pool, and the study's units of work in the order they are taken: the arms to
     pretrain, then the cells by M, draw, arm."""
-    pool = [p for p in patients(config["data"]) if p not in set(config["eval_patients"])]
+    pool = pool_of(config)
     chosen = draws(pool, config["labelled_counts"], config["draws"], config["seed"])
     cells = [Cell(arm, m, draw, tuple(drawn)) for m in config["labelled_counts"]
              for draw, drawn in enumerate(chosen[m]) for arm in config["arms"]]

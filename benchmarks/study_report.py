@@ -191,6 +191,9 @@ def write_report(config: Dict[str, Any], results: Sequence[Dict[str, Any]], fold
               f"* Finetuning: M in {config['labelled_counts']} patients (both frames), {config['draws']} nested draws "
               f"per M (seed {config['seed']}), the same recipe and length for every arm "
               f"({json.dumps(config['finetune'])}); the last epoch is kept (no checkpoint selection).",
+              *([f"* Unlabelled volumes: every finetuning also self-trains on the images of {config['unlabelled']} "
+                 f"other pool patients per draw (never evaluation patients, never the draw's labelled ones), as "
+                 f"`maclcore finetune --unlabelled` does."] if config.get("unlabelled") else []),
               f"* Preprocessing: {_or_derived(config.get('spacing'), ' mm')} in-plane, U-Net widths "
               f"{_or_derived(config.get('channels'))}.", "",
               "## Overlays", "", "Image | " + " | ".join(arm_label(a) for a in config["arms"])

@@ -72,3 +72,30 @@ def test_invalid_ranges_are_refused():
 
     with pytest.raises(ConfigError, match="gamma"):
         AugmentationConfig(gamma=(1.5, 1.0))
+
+
+def test_contrast_and_blur_are_drawn_only_when_set_and_do_what_they_say():
+    from maclcore.data.augment import adjust_intensity, gaussian_blur
+
+    cpu = torch.device("cpu")
+    plain = random_intensity(500, AugmentationConfig(), torch.Generator().manual_seed(3), cpu)
+    more = random_intensity(500, AugmentationConfig(contrast=(0.75, 1.25), blur=1.0), torch.Generator().manual_seed(3), cpu)
+    assert torch.equal(plain[:, :2], more[:, :2])  # gamma and gain as drawn before: old runs draw the same
+    assert (plain[:, 2] == 1).all() and (plain[:, 3] == 0).all()
+    assert more[:, 2].min() >= 0.75 - 1e-6 and more[:, 2].max() <= 1.25 + 1e-6
+    blurred = more[:, 3] > 0
+    assert 0.25 < blurred.float().mean() < 0.42 and more[blurred, 3].min() >= 0.5 and more[:, 3].max() <= 1.0 + 1e-6
+    with pytest.raises(Exception, match="blur"):
+        AugmentationConfig(blur=2.0)
+
+    images = torch.rand(3, 1, 16, 16)
+    assert torch.allclose(gaussian_blur(images, torch.zeros(3)), images, atol=1e-6)  # sigma 0: unchanged
+    soft = gaussian_blur(images, torch.tensor([0.0, 1.0, 1.5]))
+    assert torch.equal(soft[0], images[0]) or torch.allclose(soft[0], images[0], atol=1e-6)
+    assert soft[2].std() < soft[1].std() < images[1].std()  # wider blur, smoother noise
+    assert torch.allclose(soft.mean((1, 2, 3)), images.mean((1, 2, 3)), atol=0.02)  # brightness kept
+    params = torch.tensor([[1.0, 1.0, 2.0, 0.0]] * 3)
+    stretched = adjust_intensity(images, params, contrast=True)
+    assert torch.allclose(stretched.mean((1, 2, 3)), images.mean((1, 2, 3)), atol=1e-5)
+    assert torch.allclose(stretched.std((1, 2, 3)), 2 * images.std((1, 2, 3)), rtol=1e-4)
+    assert torch.equal(adjust_intensity(images, params), images)  # without the flags: gamma and gain only

@@ -158,16 +158,17 @@ def test_acdc_unlabelled_arm_never_sees_evaluation_or_training_patients():
     """The pseudo-labels of the unlabelled arm never come from an evaluation patient, nor from a patient the
     same draw trains on at any M it allows."""
     import acdc_defaults
+    import study
     from study import draws
 
     pool = [p for p in range(1, 101) if p not in set(acdc_defaults.EVAL) and p % 2]  # 45 patients, no EVAL
     for draw in range(3):
-        others = acdc_defaults.unlabelled_patients(pool, draw, 30, 8)
+        others = study.unlabelled_patients(pool, draw, 30, 8)
         assert len(set(others)) == 30 and not set(others) & set(acdc_defaults.EVAL)
         for m in (1, 2, 4, 8, 15):
             assert not set(others) & set(draws(pool, [m], draw + 1, 0)[m][draw])
     with pytest.raises(SystemExit, match="fewer than M = 16"):
-        acdc_defaults.unlabelled_patients(pool, 0, 30, 16)
+        study.unlabelled_patients(pool, 0, 30, 16)
 
 
 def test_postprocess_variants_score_the_heart_rule_on_a_stray_blob():

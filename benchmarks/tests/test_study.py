@@ -64,6 +64,29 @@ def test_tiny_study_runs_and_writes_its_report(tmp_path):
     assert json.loads((report / "results.json").read_text()) == results
 
 
+def test_a_study_with_unlabelled_volumes_self_trains_on_other_pool_patients(tmp_path):
+    import torch
+
+    import study
+
+    data = tmp_path / "data"
+    write_acdc_like(str(data), [1, 2, 3, 4])
+    config = {"name": "tiny", "data": str(data), "eval_patients": [4], "labelled_counts": [1], "draws": 1, "seed": 0,
+              "arms": ["random"], "spacing": 6.0, "channels": [4, 8, 8, 16, 16], "unlabelled": 1, "pretrain": {},
+              "finetune": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "delete_models": False}}
+    (tmp_path / "tiny.json").write_text(json.dumps(config))
+    assert study.main([str(tmp_path / "tiny.json"), "--work", str(tmp_path / "work"), "--device", "cpu",
+                       "--report", str(tmp_path / "report")]) == 0
+    result = json.loads((tmp_path / "report" / "results.json").read_text())[0]
+    others = result["unlabelled_patients"]
+    assert len(others) == 1 and not set(others) & ({4} | set(result["patients"]))
+    model = torch.load(tmp_path / "work" / "runs" / "random" / "M1_draw0" / "model.pt", weights_only=True)
+    assert sorted(model["training"]["unlabelled_cases"]) == [f"patient{others[0]:03d}_{f}" for f in ("ED", "ES")]
+    assert "self-trains on the images of 1 other pool patients" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(SystemExit, match="fewer than M = 2"):  # the labelled draws need patients left
+        study.unlabelled_patients([1, 2, 3], 0, 2, 2)
+
+
 def test_a_claimed_unit_is_left_to_its_worker_and_a_dead_workers_claim_is_taken_over(tmp_path):
     import subprocess
 

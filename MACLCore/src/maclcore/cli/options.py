@@ -26,6 +26,7 @@ FLAGS = {
     "lambdas": "--lambdas", "temperature": "--temperature", "threshold": "--threshold",
     "augmentation.rotation": "--rotation", "augmentation.translation": "--translation",
     "augmentation.scale": "--scale", "augmentation": "--rotation/--translation/--scale",
+    "augmentation.contrast": "--contrast", "augmentation.blur": "--blur",
     "storage.cache_dir": "--cache-dir", "storage.max_memory": "--max-memory",
     "storage.cache_dtype": "--cache-dtype", "model": "--model", "pred": "--pred",
     "pretrain_epochs": "--pretrain-epochs", "finetune_epochs": "--finetune-epochs", "unlabelled": "--unlabelled",
@@ -99,19 +100,25 @@ def loop_config(args: argparse.Namespace, base: LoopConfig) -> LoopConfig:
 
 
 def add_augmentation_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("augmentation (random affine, on the device)")
+    group = parser.add_argument_group("augmentation (random affine and intensity, on the device)")
     defaults = AugmentationConfig()
     group.add_argument("--rotation", type=float, help=f"max rotation in degrees (default {defaults.rotation})")
     group.add_argument("--translation", type=float,
                        help=f"max shift as a fraction of the slice size (default {defaults.translation})")
     group.add_argument("--scale", type=_pair, metavar="LOW,HIGH",
                        help=f"zoom range (default {defaults.scale[0]},{defaults.scale[1]})")
+    group.add_argument("--contrast", type=_pair, metavar="LOW,HIGH",
+                       help=f"contrast factor range about each slice's mean (default {defaults.contrast[0]:g},"
+                            f"{defaults.contrast[1]:g}: off)")
+    group.add_argument("--blur", type=float, metavar="PIXELS",
+                       help=f"largest Gaussian blur sigma, applied to a third of the slices (default {defaults.blur:g}: off)")
     group.add_argument("--no-augment", action="store_true", help="train without augmentation")
     group.add_argument("--no-flip", action="store_true", help="no random mirroring (finetuning mirrors by default)")
 
 
 def augmentation_config(args: argparse.Namespace, base: AugmentationConfig) -> AugmentationConfig:
-    return replace(base, **given(args, rotation="rotation", translation="translation", scale="scale"),
+    return replace(base, **given(args, rotation="rotation", translation="translation", scale="scale",
+                                 contrast="contrast", blur="blur"),
                    enabled=base.enabled and not args.no_augment, flip=base.flip and not args.no_flip)
 
 

@@ -6,7 +6,9 @@ label maps, with the same matrices for both. We use torch's own ops rather than 
 warps kornia calls the same two kernels, so it would add a dependency without adding speed.
 
 Intensity (our addition, for MRI's varying contrast): a random gamma and gain per sample, applied to the
-[0, 1]-normalised image only.
+[0, 1]-normalised image only; optionally (``contrast``, ``blur``) a contrast change about the sample's mean
+and a Gaussian blur of random width, as nnU-Net's augmentation does, for scans sharper or softer than the
+few labelled ones.
 """
 
 from __future__ import annotations
@@ -37,11 +39,15 @@ class AugmentationConfig:
     # Mirror each axis with probability 1/2 (short-axis slices come in either handedness). Finetuning turns
     # it on (its default recipe, benchmarks/results/recipe_cpu); pretraining's two views keep it off.
     flip: bool = False
+    contrast: Tuple[float, float] = (1.0, 1.0)  # factor about the sample's mean (log-uniform; 1, 1: off)
+    blur: float = 0.0  # largest Gaussian blur sigma in pixels, applied to a third of the samples (0: off)
 
     def __post_init__(self) -> None:
         if self.rotation < 0 or self.translation < 0:
             raise ConfigError("augmentation", "rotation and translation ranges must be >= 0")
-        for name in ("scale", "gamma", "gain"):
+        if not 0 <= self.blur <= 1.5:
+            raise ConfigError("augmentation.blur", f"must be in [0, 1.5] pixels, got {self.blur}")
+        for name in ("scale", "gamma", "gain", "contrast"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ConfigError(f"augmentation.{name}", f"must satisfy 0 < low <= high, got {(low, high)}")
@@ -82,25 +88,63 @@ def warp(batch: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear",
 
 def random_intensity(count: int, config: AugmentationConfig, generator: torch.Generator,
                      device: torch.device) -> torch.Tensor:
-    """(count, 2) per-sample (gamma, gain); (1, 1) when augmentation is off."""
+    """(count, 4) per-sample (gamma, gain, contrast, blur sigma); (1, 1, 1, 0) when augmentation is off.
+    Contrast and blur are drawn only when configured, so runs without them draw what they drew before."""
     if not config.enabled:
-        return torch.ones(count, 2, device=device)
+        return torch.tensor([1.0, 1.0, 1.0, 0.0], device=device).expand(count, 4).contiguous()
     draws = torch.rand(count, 2, generator=generator, device=generator.device).to(device)
-    return torch.stack([_log_uniform(draws[:, 0], config.gamma), _log_uniform(draws[:, 1], config.gain)], 1)
+    columns = [_log_uniform(draws[:, 0], config.gamma), _log_uniform(draws[:, 1], config.gain)]
+    contrast, sigma = torch.ones(count, device=device), torch.zeros(count, device=device)
+    if config.contrast != (1.0, 1.0) or config.blur > 0:
+        more = torch.rand(count, 3, generator=generator, device=generator.device).to(device)
+        contrast = _log_uniform(more[:, 0], config.contrast)
+        low = min(0.5, config.blur)  # a third of the samples blurred, sigma uniform in [0.5, blur]
+        sigma = torch.where(more[:, 1] < 1 / 3, low + more[:, 2] * (config.blur - low), sigma)
+    return torch.stack(columns + [contrast, sigma], 1)
 
 
-def adjust_intensity(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """x -> gain * x ** gamma per sample, for images in [0, 1] of shape (N, C, H, W)."""
+BLUR_RADIUS = 3  # taps each side: a 7-tap kernel holds a Gaussian of sigma <= 1.5 px
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each sample of (N, 1, H, W) by its own Gaussian of ``sigma`` (N,) pixels (0: unchanged), as two
+    separable grouped convolutions over the whole batch, with mirrored borders."""
+    offsets = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, device=images.device, dtype=images.dtype)
+    width = sigma.to(images.dtype).clamp(min=1e-3)[:, None]
+    taps = torch.exp(-0.5 * (offsets[None] / width) ** 2)
+    taps = taps / taps.sum(1, keepdim=True)  # sigma 0: all weight on the centre tap
+    n, _, h, w = images.shape
+    x = F.pad(images.reshape(1, n, h, w), (BLUR_RADIUS,) * 4, mode="reflect")
+    x = F.conv2d(x, taps.reshape(n, 1, 1, -1), groups=n)
+    x = F.conv2d(x, taps.reshape(n, 1, -1, 1), groups=n)
+    return x.reshape(n, 1, h, w)
+
+
+def adjust_intensity(images: torch.Tensor, params: torch.Tensor, contrast: bool = False,
+                     blur: bool = False) -> torch.Tensor:
+    """x -> gain * x ** gamma per sample, for images in [0, 1] of shape (N, C, H, W), from ``params`` rows
+    (gamma, gain[, contrast, blur sigma]); with ``contrast`` the contrast change about each sample's mean,
+    with ``blur`` the Gaussian blur. Whether they apply is the settings' choice, not the drawn values', so no
+    step waits on the device to decide."""
     gamma, gain = params[:, 0, None, None, None], params[:, 1, None, None, None]
-    return images.clamp(min=0).pow(gamma) * gain
+    images = images.clamp(min=0).pow(gamma) * gain
+    if contrast:
+        mean = images.mean((1, 2, 3), keepdim=True)
+        images = (images - mean) * params[:, 2, None, None, None] + mean
+    if blur:
+        images = gaussian_blur(images, params[:, 3])
+    return images
 
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Per-sample random parameters: affine matrices (N, 2, 3) and intensity (gamma, gain) pairs (N, 2)."""
+    """Per-sample random parameters: affine matrices (N, 2, 3) and intensity (gamma, gain, contrast, blur
+    sigma) rows (N, 4); whether the settings change the contrast and blur at all."""
 
     theta: torch.Tensor
     intensity: torch.Tensor
+    contrast: bool = False
+    blur: bool = False
 
 
 def draw_augmentation(total: int, rows: torch.Tensor, config: AugmentationConfig, generator: torch.Generator,
@@ -109,14 +153,16 @@ def draw_augmentation(total: int, rows: torch.Tensor, config: AugmentationConfig
     same global set and takes its own part, so sample g is augmented identically on 1 or P processes."""
     theta = random_affines(total, config, generator, device)
     intensity = random_intensity(total, config, generator, device)
-    return Augmentation(theta=theta[rows], intensity=intensity[rows])
+    return Augmentation(theta=theta[rows], intensity=intensity[rows],
+                        contrast=config.enabled and config.contrast != (1.0, 1.0), blur=config.enabled and config.blur > 0)
 
 
 def augment_batch(images: torch.Tensor, labels: Optional[torch.Tensor], augmentation: Augmentation,
                   size: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Warp images (N, 1, H, W) bilinearly and labels (N, H, W) by nearest neighbour with the same affines
     (to ``size`` pixels: crops); then adjust the images' intensity."""
-    warped = adjust_intensity(warp(images, augmentation.theta, "bilinear", size), augmentation.intensity)
+    warped = adjust_intensity(warp(images, augmentation.theta, "bilinear", size), augmentation.intensity,
+                              augmentation.contrast, augmentation.blur)
     if labels is None:
         return warped, None
     return warped, warp(labels[:, None].float(), augmentation.theta, "nearest", size)[:, 0].to(labels.dtype)

@@ -37,7 +37,6 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: f
         loss = F.cross_entropy(logits.float(), target.long())
         return loss + dice_weight * soft_dice_loss(logits, target) if dice_weight else loss
     valid = target != ignore_index
-    clean = torch.where(valid, target.long(), 0)
-    ce = F.cross_entropy(logits.float(), clean, reduction="none")
-    loss = (ce * valid).sum() / valid.sum().clamp(min=1)
-    return loss + dice_weight * soft_dice_loss(logits, clean, valid=valid) if dice_weight else loss
+    ce = F.cross_entropy(logits.float(), target.long(), ignore_index=ignore_index, reduction="sum")
+    loss = ce / valid.sum().clamp(min=1)  # the mean over kept pixels, 0 when none is kept
+    return loss + dice_weight * soft_dice_loss(logits, target, valid=valid) if dice_weight else loss

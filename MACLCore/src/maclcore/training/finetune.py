@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..config import from_dict, to_dict
-from ..data.augment import Augmentation, AugmentationConfig, augment_batch, draw_augmentation
+from ..data.augment import AugmentationConfig, augment_batch, draw_augmentation
 from ..data.dataset import SliceData, read_case_geometries
 from ..data.preprocessing import TRAINING_MIN_SPACING, PreprocessingConfig, plan_preprocessing
 from ..data.sampling import CropConfig, CropSampler, crop_affines, crop_pixels
@@ -186,7 +186,7 @@ class FinetuneTask:
             images = torch.cat([images, self.pseudo.data.images[picks]])  # type: ignore[union-attr]
             labels = torch.cat([labels, self.pseudo.labels[picks]])  # type: ignore[union-attr,index]
             centres = torch.cat([centres, around])
-        augmentation = Augmentation(theta=augmentation.theta[order], intensity=augmentation.intensity[order])
+        augmentation = replace(augmentation, theta=augmentation.theta[order], intensity=augmentation.intensity[order])
         if size is not None or pseudo.shape[0]:
             augmentation = replace(augmentation, theta=crop_affines(augmentation.theta, centres, self.crop or
                                                                       self.train.size, self.train.size))
