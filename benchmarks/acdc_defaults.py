@@ -6,12 +6,15 @@ patients (20 volumes, ED + ES), which no training draw contains. ``--reference``
 flags given after it (e.g. the previous default recipe under the same budget), in the same run.
 
     python benchmarks/acdc_defaults.py --m 2 4
-    python benchmarks/acdc_defaults.py --m 2 4 --draw 1 --tta        # another draw; scored with and without TTA
+    python benchmarks/acdc_defaults.py --m 2 4 --draw 1              # another draw
     python benchmarks/acdc_defaults.py --m 2 --skip-default --with-unlabelled 30 \
         --unlabelled-arm macl-unlabelled "--init pretrained.pt"      # pretraining + unlabelled volumes
     python benchmarks/acdc_defaults.py --table                       # this CPU's runs: mean ± std over draws
-    (entries record ``inference_default``, what plain ``maclcore predict`` did: "tta" for the M = 1 entry of
-    results/acdc_defaults_cpu_avx2.json, measured while TTA was the default, whose ``inference.no_tta`` is plain.)
+    Each model is scored twice, by ``predict --no-tta`` (the entry's Dice, comparable across all entries) and
+    by ``predict --tta`` (``inference.tta``); ``inference_default`` records which of them plain ``maclcore
+    predict`` gave when the entry was measured ("none" before TTA became the default; "tta" for the M = 1 entry
+    of results/acdc_defaults_cpu_avx2.json, measured while TTA was once the default, whose ``inference.no_tta``
+    is plain).
     python benchmarks/acdc_defaults.py --m 4 --reference old "--spacing 1.5625 --channels 32,64,128,256,512 \
         --crop 0 --batch-size 8 --lr 5e-4 --warmup 0 --ema-decay 0 --no-flip"
 
@@ -53,8 +56,7 @@ def _maclcore(args: Sequence[str], log: str) -> float:
     return time.perf_counter() - started
 
 
-def run_arm(name: str, flags: List[str], chosen: List[int], work: str, data: str, log: str,
-            tta: bool = False) -> Dict[str, object]:
+def run_arm(name: str, flags: List[str], chosen: List[int], work: str, data: str, log: str) -> Dict[str, object]:
     import torch
 
     train = make_subset(os.path.join(work, f"train_{'_'.join(map(str, chosen))}"), chosen, data)
@@ -92,16 +94,16 @@ def run_arm(name: str, flags: List[str], chosen: List[int], work: str, data: str
                 "rv_below_0.1": sum(d < 0.1 for d in rv) / len(rv),
                 "predict_minutes": round(seconds / 60, 2)}
 
-    default = scored("", [])  # as a user runs predict
-    variants = {"tta": scored("_tta", ["--tta"])} if tta else {}
+    plain = scored("", ["--no-tta"])
+    variants = {"tta": scored("_tta", ["--tta"])}  # as a user runs predict
     saved = torch.load(model, weights_only=True)
     return {"arm": name, "flags": flags, "m": len(chosen), "patients": chosen,
-            "finetune_minutes": round(finetune_s / 60, 2), "predict_minutes_20_volumes": default["predict_minutes"],
+            "finetune_minutes": round(finetune_s / 60, 2), "predict_minutes_20_volumes": plain["predict_minutes"],
             "plan": saved["training"].get("plan", {}).get("line"),
             "steps": saved["training"]["history"][-1]["step"],
-            **{k: default[k] for k in ("dice", "mean_dice", "hd95_mm", "hd95_undefined", "mean_hd95_mm",
-                                       "rv_below_0.1")}, "inference_default": "none",  # what plain `maclcore predict` does
-            **({"inference": variants} if variants else {})}
+            **{k: plain[k] for k in ("dice", "mean_dice", "hd95_mm", "hd95_undefined", "mean_hd95_mm",
+                                     "rv_below_0.1")}, "inference_default": "tta",  # what plain `maclcore predict` does
+            "inference": variants}
 
 
 def _spread(values: List[float], digits: int = 3) -> str:
@@ -121,21 +123,24 @@ def machine(run: Dict[str, object]) -> tuple:
 
 def table(runs: Sequence[Dict[str, object]], on: tuple = None) -> str:
     """A Markdown table over draws: per (M, arm), the number of draws and mean ± std of each class's Dice,
-    the mean Dice, the mean HD95, the share of volumes with RV Dice < 0.1, the minutes and steps. ``on``
+    the mean Dice, the mean Dice of the same models predicted with ``--tta`` (with the number of draws scored so
+    when not all were), the mean HD95, the share of volumes with RV Dice < 0.1, the minutes and steps. ``on``
     keeps one :func:`machine`'s runs, so that budgeted runs of different machines are not pooled."""
     chosen = [r for r in runs if on is None or machine(r) == on]
     groups: Dict[tuple, List[Dict[str, object]]] = {}
     for run in chosen:
         groups.setdefault((run["m"], run["arm"]), []).append(run)
     classes = list(chosen[0]["dice"]) if chosen else []
-    lines = ["| M | arm | draws | " + " | ".join(classes) + " | mean Dice | mean HD95 (mm) | RV < 0.1 | minutes | steps |",
-             "|---|---|---|" + "---|" * (len(classes) + 5)]
+    lines = ["| M | arm | draws | " + " | ".join(classes) + " | mean Dice | with `--tta` | mean HD95 (mm) | RV < 0.1 | minutes "
+             "| steps |", "|---|---|---|" + "---|" * (len(classes) + 6)]
     for (m, arm), group in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] != "default", item[0][1])):
         hd95 = [r["mean_hd95_mm"] for r in group if "mean_hd95_mm" in r]
         missed = [r["rv_below_0.1"] for r in group if "rv_below_0.1" in r]
         cells = [_spread([r["dice"][c] for r in group]) for c in classes]
+        tta = [r["inference"]["tta"]["mean_dice"] for r in group if "tta" in r.get("inference", {})]
+        tta_cell = (_spread(tta) + ("" if len(tta) == len(group) else f" ({len(tta)})")) if tta else "–"
         lines.append(f"| {m} | {arm} | {len(group)} | " + " | ".join(cells)
-                     + f" | **{_spread([r['mean_dice'] for r in group])}** | "
+                     + f" | **{_spread([r['mean_dice'] for r in group])}** | {tta_cell} | "
                      + (_spread(hd95, 1) if hd95 else "–") + " | "
                      + (f"{100 * sum(missed) / len(missed):.0f}%" if missed else "–") + " | "
                      + _spread([r["finetune_minutes"] for r in group], 1) + " | "
@@ -156,8 +161,6 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--unlabelled-arm", nargs=2, metavar=("NAME", "FLAGS"), default=("unlabelled", ""),
                         help="the --with-unlabelled arm's name and extra finetune flags (one quoted string), e.g. "
                              "macl-unlabelled \"--init pretrained.pt\" (default: unlabelled, none)")
-    parser.add_argument("--tta", action="store_true",
-                        help="also predict with --tta (flipped slices averaged) and score that, from the same model")
     parser.add_argument("--output", default=None,
                         help="results file (default: results/acdc_defaults_<cpu|cuda>.json; another machine's runs "
                              "belong in another file)")
@@ -193,7 +196,7 @@ def main(argv: Sequence[str] = None) -> int:
             name, flags = args.unlabelled_arm
             extra = [(name, ["--unlabelled", os.path.join(folder, "imagesTr"), *shlex.split(flags)])]
         for name, flags in arms + extra:
-            entry = run_arm(name, flags, chosen, work, args.data, log, args.tta)
+            entry = run_arm(name, flags, chosen, work, args.data, log)
             entry.update(device=device, cpu=cpu_model(), cpu_flags=bf16_flags(), threads=torch.get_num_threads(),
                          torch=torch.__version__,
                          date=time.strftime("%Y-%m-%d %H:%M"))

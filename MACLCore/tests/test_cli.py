@@ -135,3 +135,22 @@ def test_a_bad_self_training_option_names_its_flag(tmp_path):
     result = maclcore("finetune", "--images", str(tmp_path), "--labels", str(tmp_path), "--out",
                       str(tmp_path / "m.pt"), "--unlabelled-passes", "0.8", "0.4", check=False)
     assert result.returncode != 0 and "--unlabelled-passes" in result.stderr and "increasing" in result.stderr
+
+
+def test_predict_averages_the_flips_unless_told_not_to(monkeypatch):
+    """TTA is the default of `maclcore predict` (measured to pay on ACDC); --no-tta gives the plain prediction."""
+    import argparse
+
+    from maclcore.cli import predict as command
+    from maclcore.runtime.progress import Reporter
+
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers())
+    seen = []
+    monkeypatch.setattr(command, "find_images", lambda paths: [])
+    monkeypatch.setattr(command, "refuse_overwriting_inputs", lambda *args: None)
+    monkeypatch.setattr(command, "predict_files", lambda *args, **kwargs: seen.append(kwargs["tta"]))
+    for extra in ([], ["--tta"], ["--no-tta"]):
+        command.run(parser.parse_args(["predict", "--model", "m.pt", "--image", "i", "--out", "o", *extra]),
+                    Reporter())
+    assert seen == [True, True, False]

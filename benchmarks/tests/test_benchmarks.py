@@ -142,15 +142,16 @@ def test_acdc_defaults_table_pools_draws_of_one_machine():
 
     runs = [run("default", 2, 0.6, 0.7, mean_hd95_mm=10.0, **{"rv_below_0.1": 0.0}),
             run("default", 2, 0.8, 0.9, mean_hd95_mm=20.0, **{"rv_below_0.1": 0.5}),
+            run("macl", 2, 0.9, 0.95, inference={"tta": {"mean_dice": 0.97}}),
             run("macl", 2, 0.9, 0.95),
             run("default", 2, 0.0, 0.1, flags=("avx2",))]  # another machine: not pooled
     text = acdc_defaults.table(runs, ("EPYC", ("avx512_bf16",)))
     lines = text.splitlines()
-    assert lines[0].startswith("| M | arm | draws | RV | LV | mean Dice")
-    assert lines[2] == "| 2 | default | 2 | 0.700 ± 0.100 | 0.800 ± 0.100 | **0.800 ± 0.100** | 15.0 ± 5.0 | 25% | 10.0 ± 0.0 | 100 ± 0 |"
-    assert lines[3] == "| 2 | macl | 1 | 0.900 | 0.950 | **0.950** | – | – | 10.0 | 100 |"
+    assert lines[0].startswith("| M | arm | draws | RV | LV | mean Dice | with `--tta` |")
+    assert lines[2] == "| 2 | default | 2 | 0.700 ± 0.100 | 0.800 ± 0.100 | **0.800 ± 0.100** | – | 15.0 ± 5.0 | 25% | 10.0 ± 0.0 | 100 ± 0 |"
+    assert lines[3] == "| 2 | macl | 2 | 0.900 ± 0.000 | 0.950 ± 0.000 | **0.950 ± 0.000** | 0.970 (1) | – | – | 10.0 ± 0.0 | 100 ± 0 |"
     assert len(lines) == 4
-    assert acdc_defaults.machine(runs[3]) == ("EPYC", ("avx2",))
+    assert acdc_defaults.machine(runs[4]) == ("EPYC", ("avx2",))
     assert acdc_defaults.machine({"arm": "old"}) == (None, ())
 
 

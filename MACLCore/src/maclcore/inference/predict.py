@@ -82,9 +82,11 @@ def check_network_shapes(path: PathLike, data: Dict[str, Any]) -> None:
 
 
 # Test-time augmentation: the in-plane flips the training's augmentation also draws (so the model has seen
-# each); their probabilities, flipped back, are averaged. Costs one forward pass per flip. Off by default, by
-# measurement on ACDC's 20 evaluation volumes (benchmarks/results/acdc_defaults_cpu_avx2.json): +0.8 and +0.6
-# points of mean Dice for models from 4 and 2 patients, but -3.6 for a model from 1 patient.
+# each); their probabilities, flipped back, are averaged. Costs one forward pass per flip (on a 2-core CPU
+# 0.1 -> 0.24 min for 20 ACDC volumes). On by default, by measurement of the default finetune's models on ACDC's
+# 20 evaluation volumes, 3 draws (benchmarks/results/acdc_defaults_cpu.json, "inference"): +0.3 to +0.9 points of
+# mean Dice at 4 patients, 0.0 to +1.2 at 2, -0.7 to +1.1 at 1 (about 0 on average there).
+# `--no-tta` / ``tta=False`` for the plain prediction.
 TTA_FLIPS: Sequence[Sequence[int]] = ((), (-1,), (-2,), (-2, -1))
 
 
@@ -112,7 +114,7 @@ def predict_slices(network: torch.nn.Module, images: torch.Tensor, batch_size: i
 
 
 def predict_labels(model: SegmentationModel, prepared: PreparedVolume, batch_size: int = 16,
-                   tta: bool = False) -> np.ndarray:
+                   tta: bool = True) -> np.ndarray:
     """Label map (Z, H, W, uint8) on the input's own slice grid, from a preprocessed volume.
 
     Slices go through the network and back to the input's resolution a chunk at a time (see
@@ -131,7 +133,7 @@ def predict_labels(model: SegmentationModel, prepared: PreparedVolume, batch_siz
 
 
 def predict_volume(model: SegmentationModel, volume: Volume, batch_size: int = 16,
-                   postprocess: bool = True, tta: bool = False) -> np.ndarray:
+                   postprocess: bool = True, tta: bool = True) -> np.ndarray:
     """Label map (z, y, x, uint8) of ``volume`` on its own grid.
 
     With ``postprocess`` and a schema of single-component labels, only each label's largest connected
@@ -178,7 +180,7 @@ def check_inputs(images: Sequence[str], targets: Sequence[str], batch_size: int,
 def predict_files(model_path: PathLike, images: Sequence[str], output: str, fmt: str = "nii.gz",
                   device: str = "auto", batch_size: int = 16, postprocess: bool = True,
                   reporter: Optional[Reporter] = None, stop_file: Optional[str] = None,
-                  tta: bool = False) -> List[str]:
+                  tta: bool = True) -> List[str]:
     """Segment image files and write one label file per image (atomically). Returns the written paths.
 
     ``tta``: average the predictions of the flipped slices too (:data:`TTA_FLIPS`; 4x the network's time).
