@@ -82,7 +82,17 @@ def start_child(argv: Sequence[str], stderr: Path, python: Optional[Sequence[str
     JSON progress), stderr goes to the file ``stderr``."""
     command = [sys.executable] + (list(python) if python else ["-m", "maclcore"]) + [str(a) for a in argv]
     with open(stderr, "w") as log:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=CHILD_ENV)
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=CHILD_ENV,
+                                preexec_fn=_as_from_a_terminal if os.name == "posix" else None)
+
+
+def _as_from_a_terminal() -> None:
+    """Ctrl-C reaches the child as it would from a terminal: a test suite started in the background (`cmd &`
+    in a script, nohup) inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler, so
+    the ctrl-C tests' children would finish their work and exit 0."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:

@@ -281,10 +281,8 @@ def test_ctrl_c_during_the_cache_command_is_one_line_and_exit_130(tmp_path):
     from reliability_utils import finish, read_events, start_child, write_cases
 
     data = write_cases(tmp_path / "data", 24, slices=8)
-    # 0.5 mm makes each case slow enough (~4x the slices' pixels of 1 mm) that the signal always lands while
-    # the cache is being built: at 1 mm a quiet machine finished all 24 cases before it arrived (exit 0).
     child = start_child(["cache", "--images", data / "imagesTr", "--labels", data / "labelsTr",
-                         "--cache-dir", tmp_path / "c", "--spacing", "0.5", "--progress", "json"], tmp_path / "err")
+                         "--cache-dir", tmp_path / "c", "--spacing", "1", "--progress", "json"], tmp_path / "err")
     read_events(child, lambda event: event.get("event") == "progress", timeout=120)
     child.send_signal(signal.SIGINT)
     assert finish(child) == 130

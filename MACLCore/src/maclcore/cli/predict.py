@@ -27,10 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--no-postprocess", action="store_true",
                         help="keep every predicted island (default: keep each label's largest connected component; "
                              "for the cardiac labels, within the largest component of all foreground, the heart)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
-                        help="test-time augmentation: also segment each slice's flips and average (default on; 4x "
-                             "the network's time, under a second a volume on a CPU; on ACDC +0.3-0.9 Dice points for "
-                             "models from 2-4 cases, -0.7 to +1.1 for ones from a single case). --no-tta: plain")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="test-time augmentation: also segment each slice's flips and average (4x the network's "
+                             "time, under a second a volume on a CPU; on ACDC 0.0 to +1.2 Dice points for models from "
+                             "2-4 cases, -0.7 to +1.1 for ones from a single case). Default: on for models trained "
+                             "with flips, as finetune's default recipe is; --no-tta: plain")
     add_stop_file_option(parser)
     return parser
 

@@ -85,8 +85,9 @@ def check_network_shapes(path: PathLike, data: Dict[str, Any]) -> None:
 # each); their probabilities, flipped back, are averaged. Costs one forward pass per flip (on a 2-core CPU
 # 0.1 -> 0.24 min for 20 ACDC volumes). On by default, by measurement of the default finetune's models on ACDC's
 # 20 evaluation volumes, 3 draws (benchmarks/results/acdc_defaults_cpu.json, "inference"): +0.3 to +0.9 points of
-# mean Dice at 4 patients, 0.0 to +1.2 at 2, -0.7 to +1.1 at 1 (about 0 on average there).
-# `--no-tta` / ``tta=False`` for the plain prediction.
+# mean Dice at 4 patients, 0.0 to +1.2 at 2, -0.7 to +1.1 at 1 (about 0 on average there). Only for models
+# whose finetuning drew flips (the default recipe; see :func:`trained_with_flips`): the demo's phantom models,
+# trained without, lost 1.3 and 3.6 points to it. `--no-tta` / ``tta=False`` for the plain prediction.
 TTA_FLIPS: Sequence[Sequence[int]] = ((), (-1,), (-2,), (-2, -1))
 
 
@@ -113,8 +114,15 @@ def predict_slices(network: torch.nn.Module, images: torch.Tensor, batch_size: i
     return torch.cat(map_in_batches(run, images.shape[0], batch_size, device=device))
 
 
+def trained_with_flips(model: SegmentationModel) -> bool:
+    """Whether the model's finetuning augmentation drew in-plane flips, as recorded in its file (False when
+    the file does not say): what makes averaging over the flips (TTA) sound by default."""
+    augmentation = model.info.get("training", {}).get("config", {}).get("augmentation", {})
+    return bool(augmentation.get("enabled", True) and augmentation.get("flip", False))
+
+
 def predict_labels(model: SegmentationModel, prepared: PreparedVolume, batch_size: int = 16,
-                   tta: bool = True) -> np.ndarray:
+                   tta: bool = False) -> np.ndarray:
     """Label map (Z, H, W, uint8) on the input's own slice grid, from a preprocessed volume.
 
     Slices go through the network and back to the input's resolution a chunk at a time (see
@@ -133,15 +141,17 @@ def predict_labels(model: SegmentationModel, prepared: PreparedVolume, batch_siz
 
 
 def predict_volume(model: SegmentationModel, volume: Volume, batch_size: int = 16,
-                   postprocess: bool = True, tta: bool = True) -> np.ndarray:
+                   postprocess: bool = True, tta: Optional[bool] = None) -> np.ndarray:
     """Label map (z, y, x, uint8) of ``volume`` on its own grid.
+
+    ``tta``: average over the in-plane flips (:data:`TTA_FLIPS`); None: when the model was trained with flips.
 
     With ``postprocess`` and a schema of single-component labels, only each label's largest connected
     component is kept (within the largest component of all foreground when the schema's labels form one
     object, as the heart's do).
     """
     prepared = prepare_volume(volume.source or "volume", volume.array, volume.geometry, model.preprocessing)
-    labels = predict_labels(model, prepared, batch_size, tta)
+    labels = predict_labels(model, prepared, batch_size, trained_with_flips(model) if tta is None else tta)
     del prepared  # its slices are not needed for the post-processing
     if postprocess and model.schema.single_component:
         labels = keep_largest_component(labels, model.schema.num_classes, model.schema.one_object)
@@ -180,10 +190,11 @@ def check_inputs(images: Sequence[str], targets: Sequence[str], batch_size: int,
 def predict_files(model_path: PathLike, images: Sequence[str], output: str, fmt: str = "nii.gz",
                   device: str = "auto", batch_size: int = 16, postprocess: bool = True,
                   reporter: Optional[Reporter] = None, stop_file: Optional[str] = None,
-                  tta: bool = True) -> List[str]:
+                  tta: Optional[bool] = None) -> List[str]:
     """Segment image files and write one label file per image (atomically). Returns the written paths.
 
-    ``tta``: average the predictions of the flipped slices too (:data:`TTA_FLIPS`; 4x the network's time).
+    ``tta``: average the predictions of the flipped slices too (:data:`TTA_FLIPS`; 4x the network's time);
+    None: when the model was trained with flips, as the default recipe is.
     ``postprocess``: keep each label's largest connected component (single-component schemas).
 
     When ``stop_file`` exists before a volume is started, raises :class:`InferenceStopped`; the volumes finished
