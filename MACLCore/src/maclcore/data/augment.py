@@ -52,6 +52,14 @@ class AugmentationConfig:
             if not 0 < low <= high:
                 raise ConfigError(f"augmentation.{name}", f"must satisfy 0 < low <= high, got {(low, high)}")
 
+    @property
+    def changes_contrast(self) -> bool:
+        return self.enabled and tuple(self.contrast) != (1.0, 1.0)
+
+    @property
+    def blurs(self) -> bool:
+        return self.enabled and self.blur > 0
+
 
 def _log_uniform(u: torch.Tensor, bounds: Tuple[float, float]) -> torch.Tensor:
     """Map uniform [0, 1) draws into [low, high], uniform in log scale (x and 1/x equally likely)."""
@@ -95,7 +103,7 @@ def random_intensity(count: int, config: AugmentationConfig, generator: torch.Ge
     draws = torch.rand(count, 2, generator=generator, device=generator.device).to(device)
     columns = [_log_uniform(draws[:, 0], config.gamma), _log_uniform(draws[:, 1], config.gain)]
     contrast, sigma = torch.ones(count, device=device), torch.zeros(count, device=device)
-    if config.contrast != (1.0, 1.0) or config.blur > 0:
+    if config.changes_contrast or config.blurs:
         more = torch.rand(count, 3, generator=generator, device=generator.device).to(device)
         contrast = _log_uniform(more[:, 0], config.contrast)
         low = min(0.5, config.blur)  # a third of the samples blurred, sigma uniform in [0.5, blur]
@@ -153,8 +161,8 @@ def draw_augmentation(total: int, rows: torch.Tensor, config: AugmentationConfig
     same global set and takes its own part, so sample g is augmented identically on 1 or P processes."""
     theta = random_affines(total, config, generator, device)
     intensity = random_intensity(total, config, generator, device)
-    return Augmentation(theta=theta[rows], intensity=intensity[rows],
-                        contrast=config.enabled and config.contrast != (1.0, 1.0), blur=config.enabled and config.blur > 0)
+    return Augmentation(theta=theta[rows], intensity=intensity[rows], contrast=config.changes_contrast,
+                        blur=config.blurs)
 
 
 def augment_batch(images: torch.Tensor, labels: Optional[torch.Tensor], augmentation: Augmentation,
