@@ -1,8 +1,9 @@
-"""Which post-processing of a model's predictions scores best: none, each label's largest island, or the
-heart's (largest component of all foreground first, then each label's largest island).
+"""Which post-processing of a model's predictions scores best: none, each label's largest island, the
+heart's (largest component of all foreground first, then each label's largest island), or predict's
+(the heart's, then the background the myocardium's ring encloses made LV cavity).
 
 Each model segments the evaluation images once without post-processing; the variants are applied to the
-same label maps with MACLCore's own :func:`~maclcore.inference.postprocess.keep_largest_component` and
+same label maps with MACLCore's own functions (:mod:`maclcore.inference.postprocess`) and
 scored against the labels (Dice per class, mean, share of volumes with RV Dice < 0.1).
 
     python benchmarks/postprocess_variants.py --images EVAL/imagesTr --labels EVAL/labelsTr \\
@@ -27,16 +28,19 @@ sys.path.insert(0, HERE)
 from common import bf16_flags, cpu_model  # noqa: E402
 
 from maclcore.evaluation.metrics import overlap_per_class  # noqa: E402
-from maclcore.inference.postprocess import keep_largest_component  # noqa: E402
+from maclcore.inference.postprocess import clean_prediction, keep_largest_component  # noqa: E402
+from maclcore.labels import LabelSchema  # noqa: E402
 
-VARIANTS = ("none", "largest island per label", "heart, then largest island per label")
+VARIANTS = ("none", "largest island per label", "heart, then largest island per label",
+            "heart, largest island per label, then enclosed cavity")
 
 
-def variants(prediction: np.ndarray, num_classes: int) -> Dict[str, np.ndarray]:
-    """The label map under each post-processing of :data:`VARIANTS`."""
+def variants(prediction: np.ndarray, schema: LabelSchema) -> Dict[str, np.ndarray]:
+    """The label map under each post-processing of :data:`VARIANTS` (the last is ``predict``'s)."""
     return {VARIANTS[0]: prediction,
-            VARIANTS[1]: keep_largest_component(prediction.copy(), num_classes),
-            VARIANTS[2]: keep_largest_component(prediction.copy(), num_classes, one_object=True)}
+            VARIANTS[1]: keep_largest_component(prediction.copy(), schema.num_classes),
+            VARIANTS[2]: keep_largest_component(prediction.copy(), schema.num_classes, one_object=True),
+            VARIANTS[3]: clean_prediction(prediction.copy(), schema)}
 
 
 def score(dice: List[np.ndarray], names: Sequence[str]) -> Dict[str, object]:
@@ -67,7 +71,7 @@ def main(argv: Sequence[str] = None) -> int:
             for path in written:
                 truth = read_label_map(os.path.join(args.labels, os.path.basename(path)), schema)
                 raw = read_label_map(path, schema)
-                for name, labels in variants(raw, schema.num_classes).items():
+                for name, labels in variants(raw, schema).items():
                     dice[name].append(overlap_per_class(labels, truth, schema.num_classes)["dice"])
         entry = {"model": model, **{v: score(d, schema.names) for v, d in dice.items()}}
         print(model, {v: round(entry[v]["mean_dice"], 3) for v in VARIANTS}, flush=True)

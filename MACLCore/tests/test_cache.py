@@ -126,6 +126,12 @@ def test_stale_cache_is_detected(phantoms, tmp_path):
     assert "float16" in stale_reason(manifest, cases, CARDIAC, "float16", 6.0, None)
     assert "built with" in stale_reason(manifest, cases, CARDIAC, None, 5.0, None)
     assert "other volumes" in stale_reason(manifest, cases[:2], CARDIAC, None, 6.0, None)
+    # A cache written before a schema field existed still serves (the field takes its default); another
+    # schema does not.
+    older = {**manifest, "schema": {k: v for k, v in manifest["schema"].items() if k != "wall_encloses"}}
+    assert stale_reason(older, cases, CARDIAC, "float32", 6.0, None) is None
+    recoloured = {**manifest, "schema": {**manifest["schema"], "colors": [[0, 0, 0]] * 3}}
+    assert "another schema" in stale_reason(recoloured, cases, CARDIAC, "float32", 6.0, None)
     stat = os.stat(cases[1].label)
     os.utime(cases[1].label, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
     assert "changed" in stale_reason(manifest, cases, CARDIAC, None, 6.0, None)

@@ -126,8 +126,9 @@ def test_self_training_options_reach_the_config():
     assert plain == command.FinetuneConfig().unlabelled_loss
     terms = command.config_from_args(parser.parse_args(
         base + ["--unlabelled-passes", "0.3", "0.7", "--unlabelled-share", "0.25", "--unlabelled-confidence", "0.9",
-                "--unlabelled-no-tta"])).unlabelled_loss
-    assert (terms.passes, terms.share, terms.confidence, terms.tta) == ((0.3, 0.7), 0.25, 0.9, False)
+                "--unlabelled-no-tta", "--unlabelled-copy-paste", "0.5"])).unlabelled_loss
+    assert (terms.passes, terms.share, terms.confidence, terms.tta, terms.copy_paste) == ((0.3, 0.7), 0.25, 0.9,
+                                                                                        False, 0.5)
     assert flag_name("unlabelled_loss.passes") == "--unlabelled-passes"  # what an engine message names
 
 

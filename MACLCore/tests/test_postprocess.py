@@ -1,8 +1,11 @@
-"""Post-processing of predicted label maps: the heart as one object, then each structure's largest island."""
+"""Post-processing of predicted label maps: the myocardium's enclosed cavity, the heart as one object, then
+each structure's largest island."""
 
 import numpy as np
+import pytest
 
-from maclcore.inference.postprocess import keep_largest_component
+from maclcore.errors import ConfigError
+from maclcore.inference.postprocess import clean_prediction, fill_enclosed_cavity, keep_largest_component
 from maclcore.labels import CARDIAC, LabelSchema
 
 
@@ -49,3 +52,57 @@ def test_the_cardiac_schema_is_one_object_and_the_flag_survives_a_model_file():
            "single_component": True}
     assert LabelSchema.from_dict(old).one_object
     assert not LabelSchema.from_dict({**old, "one_object": False}).one_object  # what a file says wins
+
+
+def _ring_around_a_mislabelled_cavity() -> np.ndarray:
+    """Four slices of a closed myocardial ring (2) whose cavity the model called RV (1) in slices 0-1 and
+    left as background in slice 3 (LV cavity 3 only in slice 2), beside a larger real RV outside the ring."""
+    labels = np.zeros((4, 40, 40), np.uint8)
+    labels[:, 10:30, 10:30] = 2
+    labels[:, 14:26, 14:26] = 1  # the cavity, 144 pixels a slice, called RV: 288 voxels in slices 0-1
+    labels[2, 14:26, 14:26] = 3
+    labels[3, 14:26, 14:26] = 0
+    labels[:, 12:28, 30:38] = 1  # the real RV against the ring: 128 pixels a slice, 512 voxels
+    return labels
+
+
+def test_the_background_the_wall_encloses_becomes_the_cavity_in_every_slice_and_nothing_else_changes():
+    labels = _ring_around_a_mislabelled_cavity()
+    labels[0, 14:26, 14:26] = 0
+    result = fill_enclosed_cavity(labels.copy(), wall=2, cavity=3)
+    assert (result[0, 14:26, 14:26] == 3).all() and (result[3, 14:26, 14:26] == 3).all()  # first and last slice
+    changed = np.zeros(labels.shape, bool)
+    changed[0, 14:26, 14:26] = changed[3, 14:26, 14:26] = True
+    np.testing.assert_array_equal(result[~changed], labels[~changed])  # RV inside the ring stays RV (slice 1)
+    # An open ring (a basal slice cut through the outflow) encloses nothing: left as predicted.
+    opened = labels.copy()
+    opened[:, 18:22, 26:30] = 0
+    np.testing.assert_array_equal(fill_enclosed_cavity(opened.copy(), 2, 3), opened)
+
+
+def test_cleaning_drops_the_stray_rv_in_the_ring_then_fills_the_cavity_and_keeps_an_enclosed_real_rv():
+    labels = _ring_around_a_mislabelled_cavity()
+    result = clean_prediction(labels.copy(), CARDIAC)
+    assert (result[:, 14:26, 14:26] == 3).all() and (result[:, 12:28, 30:38] == 1).all()
+    # A hypertrophic heart: myocardium predicted around the real RV as well. The RV stays RV.
+    walled = labels.copy()
+    walled[:, 8:32, 38:40] = 2
+    walled[:, 8:12, 30:38] = walled[:, 28:32, 30:38] = 2
+    result = clean_prediction(walled.copy(), CARDIAC)
+    assert (result[:, 12:28, 30:38] == 1).all() and (result[:, 14:26, 14:26] == 3).all()
+    # A schema without a wall keeps the islands rule only: the cavity of slices 0-1 and 3 is left empty.
+    plain = LabelSchema(names=CARDIAC.names, colors=CARDIAC.colors, one_object=True)
+    np.testing.assert_array_equal(clean_prediction(labels.copy(), plain),
+                                  keep_largest_component(labels.copy(), 4, one_object=True))
+    assert not (clean_prediction(labels.copy(), plain)[[0, 1, 3], 14:26, 14:26]).any()
+
+
+def test_the_wall_survives_a_model_file_and_defaults_to_the_hearts_for_old_cardiac_files():
+    assert LabelSchema.from_dict(CARDIAC.to_dict()).wall_encloses == (2, 3)
+    old = {"names": list(CARDIAC.names), "colors": CARDIAC.to_dict()["colors"]}  # written before the field
+    assert LabelSchema.from_dict(old).wall_encloses == (2, 3)
+    assert LabelSchema.from_dict({**old, "wall_encloses": None}).wall_encloses is None  # what a file says wins
+    assert LabelSchema.from_dict({"names": ["a", "b"], "colors": [[1, 0, 0], [0, 1, 0]]}).wall_encloses is None
+    for bad in ([1, 1], [0, 2], [2, 4], [2], "23", [2.0, 3.0]):
+        with pytest.raises(ConfigError, match="wall_encloses"):
+            LabelSchema.from_dict({**old, "wall_encloses": bad})

@@ -7,8 +7,13 @@ import torch
 
 from maclcore.data.dataset import SliceData
 from maclcore.errors import ConfigError
+from maclcore.labels import LabelSchema
 from maclcore.losses.segmentation import segmentation_loss
-from maclcore.training.unlabelled import IGNORE, PseudoLabels, UnlabelledConfig, pseudo_rows
+from maclcore.training.unlabelled import (IGNORE, PseudoLabels, UnlabelledConfig, copy_paste_corners, pseudo_rows,
+                                          swap_squares)
+
+TWO_LABELS = LabelSchema(names=("a", "b"), colors=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)))
+ONE_OBJECT = LabelSchema(names=("a", "b"), colors=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)), one_object=True)
 
 
 def test_config_is_checked():
@@ -16,6 +21,9 @@ def test_config_is_checked():
         UnlabelledConfig(confidence=1.0)
     with pytest.raises(ConfigError, match="share"):
         UnlabelledConfig(share=1.0)
+    for side in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="copy_paste"):
+            UnlabelledConfig(copy_paste=side)
     for passes in [(), (0.5, 0.4), (0.4, 0.4), (0.5, 1.0), (-0.1,)]:
         with pytest.raises(ConfigError, match="passes"):
             UnlabelledConfig(passes=passes)
@@ -52,8 +60,7 @@ class Teacher(torch.nn.Module):
 def test_labels_are_postprocessed_and_unsure_pixels_ignored():
     data = SliceData(images=torch.rand(4, 1, 32, 32), positions=torch.zeros(4),
                      volumes=torch.tensor([0, 0, 1, 1]), names=["a", "b"])
-    pseudo = PseudoLabels(data, 3, UnlabelledConfig(confidence=0.9, passes=(0.5,), tta=False), 16, 1.0,
-                          one_object=True)
+    pseudo = PseudoLabels(data, ONE_OBJECT, UnlabelledConfig(confidence=0.9, passes=(0.5,), tta=False), 16, 1.0)
     assert not pseudo.due(0.4) and pseudo.due(0.5)
     summary = pseudo.label(Teacher(), 8, amp=False, progress=0.5)
     labels = pseudo.labels.numpy()
@@ -120,8 +127,7 @@ def _ramp_slices():
 
 def test_each_pass_relabels_and_pixels_that_changed_are_ignored():
     data = _ramp_slices()
-    pseudo = PseudoLabels(data, 3, UnlabelledConfig(confidence=0.5, passes=(0.2, 0.5, 0.8)), None, 1.0,
-                          one_object=False)
+    pseudo = PseudoLabels(data, TWO_LABELS, UnlabelledConfig(confidence=0.5, passes=(0.2, 0.5, 0.8)), None, 1.0)
     assert [pseudo.due(p) for p in (0.1, 0.2)] == [False, True] and pseudo.remaining_passes() == 3
     first = pseudo.label(Bright(0.5), 4, amp=False, progress=0.2)
     labels = pseudo.labels.numpy()
@@ -140,8 +146,8 @@ def test_each_pass_relabels_and_pixels_that_changed_are_ignored():
     third = pseudo.label(Bright(0.25), 4, amp=False, progress=0.8)
     assert third["changed"] == 0 and (pseudo.labels != IGNORE).all() and not pseudo.due(0.99)
     # Without the agreement rule, the changed pixels are kept with their new label.
-    loose = PseudoLabels(data, 3, UnlabelledConfig(confidence=0.5, passes=(0.2, 0.5), agreement=False), None, 1.0,
-                         one_object=False)
+    loose = PseudoLabels(data, TWO_LABELS, UnlabelledConfig(confidence=0.5, passes=(0.2, 0.5), agreement=False),
+                         None, 1.0)
     loose.label(Bright(0.5), 4, amp=False, progress=0.2)
     loose.label(Bright(0.25), 4, amp=False, progress=0.5)
     assert (loose.labels.numpy()[:, :, moved] == 1).all()
@@ -149,7 +155,7 @@ def test_each_pass_relabels_and_pixels_that_changed_are_ignored():
 
 def test_passes_already_due_are_made_as_one():
     """A run resumed past two passes labels once, and counts both as made."""
-    pseudo = PseudoLabels(_ramp_slices(), 3, UnlabelledConfig(passes=(0.2, 0.5, 0.8)), None, 1.0, one_object=False)
+    pseudo = PseudoLabels(_ramp_slices(), TWO_LABELS, UnlabelledConfig(passes=(0.2, 0.5, 0.8)), None, 1.0)
     assert pseudo.remaining_passes(0.6) == 2  # the due one (made as one) and 0.8
     summary = pseudo.label(Bright(0.5), 4, amp=False, progress=0.6)
     assert summary["pass"] == 2 and not pseudo.due(0.7) and pseudo.due(0.8)
@@ -183,7 +189,7 @@ def test_the_step_puts_labelled_rows_first_and_pseudo_rows_after():
     config = FinetuneConfig(loop=LoopConfig(batch_size=4), augmentation=AugmentationConfig(enabled=False),
                             unlabelled_loss=UnlabelledConfig(share=0.5, passes=(0.0,), tta=False, confidence=0.0))
     task = FinetuneTask(Recorder(), train, None, config, 3, crop=16)
-    task.pseudo = PseudoLabels(unlabelled, 3, config.unlabelled_loss, 16, 0.0, one_object=False)
+    task.pseudo = PseudoLabels(unlabelled, TWO_LABELS, config.unlabelled_loss, 16, 0.0)
     task.pseudo.label(Bright(0.5), 4, amp=False, progress=0.0)
     generator = torch.Generator().manual_seed(0)
     for offset, batch in [(0, 4), (4, 3), (1, 1)]:
@@ -249,3 +255,66 @@ def test_budgeted_run_keeps_the_labelling_time_aside(tmp_path, monkeypatch):
     finetune(cases, tmp_path / "plain.pt", config, device="cpu")
     passes = len(config.unlabelled_loss.passes)  # every pass to come is kept aside
     assert passes == 3 and reserves == [RESERVE_SECONDS + passes * 12.5, RESERVE_SECONDS]
+
+
+def test_copy_paste_swaps_one_square_between_each_pair_and_nothing_else():
+    images = torch.arange(4, dtype=torch.float32)[:, None, None, None].expand(4, 1, 8, 8).clone()
+    labels = torch.tensor([1, 1, 2, IGNORE], dtype=torch.uint8)[:, None, None].expand(4, 8, 8).clone()
+    corners = torch.tensor([[0, 0], [5, 2]])
+    mixed, mixed_labels = swap_squares(images, labels, torch.tensor([0, 1]), torch.tensor([2, 3]), corners, 3)
+    assert (images[:, 0, 0, 0] == torch.arange(4.0)).all()  # the inputs are left alone
+    square = torch.zeros(2, 8, 8, dtype=torch.bool)
+    square[0, 0:3, 0:3] = True
+    square[1, 5:8, 2:5] = True
+    for pair, (a, b) in enumerate([(0, 2), (1, 3)]):
+        inside = square[pair]
+        assert (mixed[a, 0][inside] == b).all() and (mixed[a, 0][~inside] == a).all()
+        assert (mixed[b, 0][inside] == a).all() and (mixed[b, 0][~inside] == b).all()
+        assert (mixed_labels[a][inside] == labels[b, 0, 0]).all() and (mixed_labels[b][inside] == labels[a, 0, 0]).all()
+        assert (mixed_labels[a][~inside] == labels[a, 0, 0]).all()
+
+
+def test_copy_paste_corners_keep_the_square_inside_and_do_not_depend_on_the_split():
+    corners = copy_paste_corners(64, torch.arange(64), (16, 16), 11, torch.Generator().manual_seed(3))
+    assert corners.min() >= 0 and corners.max() <= 16 - 11 and len({tuple(c) for c in corners.tolist()}) > 10
+    halves = [copy_paste_corners(64, torch.arange(a, a + 32), (16, 16), 11, torch.Generator().manual_seed(3))
+              for a in (0, 32)]
+    assert torch.equal(torch.cat(halves), corners)
+
+
+def test_the_step_with_copy_paste_mixes_labelled_and_pseudo_labelled_crops():
+    """With copy_paste the first labelled row and the first pseudo-labelled row swap a square (the bright
+    labelled image shows in the dark unlabelled one and the reverse); the loss stays finite."""
+    from maclcore.data.augment import AugmentationConfig
+    from maclcore.training.finetune import FinetuneConfig, FinetuneTask
+    from maclcore.training.loop import LoopConfig
+
+    size = 32
+    labels = torch.zeros(6, size, size, dtype=torch.uint8)
+    labels[:, 8:24, 8:24] = 1
+    train = SliceData(images=torch.ones(6, 1, size, size), positions=torch.zeros(6), volumes=torch.zeros(6, dtype=torch.long),
+                      names=["l"], labels=labels)
+    unlabelled = SliceData(images=torch.zeros(5, 1, size, size), positions=torch.zeros(5),
+                           volumes=torch.zeros(5, dtype=torch.long), names=["u"])
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 3, 1)
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.conv(x)
+
+    terms = UnlabelledConfig(share=0.5, passes=(0.0,), tta=False, confidence=0.0, copy_paste=0.5)
+    config = FinetuneConfig(loop=LoopConfig(batch_size=4), augmentation=AugmentationConfig(enabled=False),
+                            unlabelled_loss=terms)
+    task = FinetuneTask(Recorder(), train, None, config, 3, crop=16)
+    task.pseudo = PseudoLabels(unlabelled, TWO_LABELS, terms, 16, 0.0)
+    task.pseudo.label(Bright(0.5), 4, amp=False, progress=0.0)
+    loss = task.loss(torch.arange(4), torch.Generator().manual_seed(0), 0, 4)
+    assert torch.isfinite(loss)
+    batch = seen[-1][:, 0]
+    for row in range(4):  # two rows of each kind; each holds one 8x8 square of the other kind
+        assert int((batch[row] == (0.0 if row < 2 else 1.0)).sum()) == 64

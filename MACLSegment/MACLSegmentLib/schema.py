@@ -50,7 +50,7 @@ def formatSchemaText(schema: Any) -> str:
 def parseSchemaText(text: str) -> Any:
     """A schema from :func:`formatSchemaText`'s form; a line without a colour gets a grey."""
     from maclcore.errors import MaclError
-    from maclcore.labels import LabelSchema, is_heart
+    from maclcore.labels import LabelSchema, heart_wall, is_heart
 
     names, colors = [], []
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -69,7 +69,8 @@ def parseSchemaText(text: str) -> Any:
             raise InputError(f"Label schema line {number}: {color!r} is not a colour like #ff8800") from None
         names.append(name)
     try:  # the cardiac labels, in any colours, keep the heart's post-processing
-        return LabelSchema(names=tuple(names), colors=tuple(colors), one_object=is_heart(names))
+        return LabelSchema(names=tuple(names), colors=tuple(colors), one_object=is_heart(names),
+                           wall_encloses=heart_wall(names))
     except MaclError as exc:
         raise InputError(str(exc)) from None
 

@@ -7,7 +7,7 @@ background; foreground class ``i`` (1-based) is ``names[i - 1]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from .errors import ConfigError
 
@@ -41,13 +41,16 @@ class LabelSchema:
     ``single_component``: each label is one connected object (true of the cardiac structures), so
     predictions keep only each label's largest connected component. ``one_object``: the labels together
     form one connected object too (the heart), so the largest component of all foreground is kept first;
-    off unless a schema says so (two separate organs would lose one).
+    off unless a schema says so (two separate organs would lose one). ``wall_encloses``: (wall, cavity)
+    label values where, in each slice, the background the wall encloses is the cavity (the LV myocardium's
+    ring holds the LV cavity), so predictions fill it.
     """
 
     names: Tuple[str, ...]
     colors: Tuple[RGB, ...]
     single_component: bool = True
     one_object: bool = False
+    wall_encloses: Optional[Tuple[int, int]] = None
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -67,6 +70,11 @@ class LabelSchema:
         for name, color in zip(self.names, self.colors):
             if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
                 raise ConfigError("labels_schema", f"colour of {name!r} must be three values in [0, 1], got {color}")
+        if self.wall_encloses is not None:
+            values = tuple(self.wall_encloses)
+            if len(values) != 2 or len(set(values)) != 2 or not all(1 <= v <= len(self.names) for v in values):
+                raise ConfigError("labels_schema", "'wall_encloses' must be two different label values in "
+                                                   f"1..{len(self.names)}, got {self.wall_encloses!r}")
 
     @property
     def num_classes(self) -> int:
@@ -75,7 +83,8 @@ class LabelSchema:
 
     def to_dict(self) -> Dict[str, object]:
         return {"names": list(self.names), "colors": [list(c) for c in self.colors],
-                "single_component": self.single_component, "one_object": self.one_object}
+                "single_component": self.single_component, "one_object": self.one_object,
+                "wall_encloses": None if self.wall_encloses is None else list(self.wall_encloses)}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Sequence]) -> "LabelSchema":
@@ -85,10 +94,15 @@ class LabelSchema:
             raise ConfigError("labels_schema", f"'names' must be a list of label names, got {names!r}")
         if not isinstance(colors, (list, tuple)) or any(not isinstance(c, (list, tuple)) for c in colors):
             raise ConfigError("labels_schema", f"'colors' must be a list of [r, g, b] triples, got {colors!r}")
+        enclosure = data.get("wall_encloses", heart_wall(names))
+        if enclosure is not None and (not isinstance(enclosure, (list, tuple))
+                                      or not all(isinstance(v, int) for v in enclosure)):
+            raise ConfigError("labels_schema", f"'wall_encloses' must be a pair of label values, got {enclosure!r}")
         return cls(names=tuple(names),  # checked to be text by __post_init__
                    colors=tuple(tuple(float(v) for v in c) for c in colors),  # type: ignore[misc]
                    single_component=bool(data.get("single_component", True)),
-                   one_object=bool(data.get("one_object", is_heart(names))))
+                   one_object=bool(data.get("one_object", is_heart(names))),
+                   wall_encloses=None if enclosure is None else tuple(enclosure))  # type: ignore[arg-type]
 
     def value_of(self, name: str) -> int:
         """Label value of a segment name (case and spaces ignored, see :func:`name_key`); KeyError when unknown."""
@@ -104,6 +118,7 @@ CARDIAC = LabelSchema(
     names=("RV cavity", "LV myocardium", "LV cavity"),
     colors=((0.302, 0.584, 0.929), (0.384, 0.780, 0.361), (0.890, 0.337, 0.278)),
     one_object=True,  # both cavities touch the myocardium
+    wall_encloses=(2, 3),  # the myocardium's ring holds the LV cavity in a short-axis slice
 )
 
 
@@ -113,6 +128,12 @@ def is_heart(names: Sequence[str]) -> bool:
     if not all(isinstance(n, str) for n in names):  # refused by LabelSchema itself, with its own message
         return False
     return [name_key(n) for n in names] == [name_key(n) for n in CARDIAC.names]
+
+
+def heart_wall(names: Sequence[str]) -> Optional[Tuple[int, int]]:
+    """The default of ``wall_encloses`` where nobody said: the heart's (myocardium, LV cavity) for the
+    cardiac labels, else none."""
+    return CARDIAC.wall_encloses if is_heart(names) else None
 
 
 SCHEMAS: Dict[str, LabelSchema] = {"cardiac": CARDIAC}

@@ -40,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        help=f"pixels the model is less sure of are ignored (default {terms.confidence:g})")
     group.add_argument("--unlabelled-no-tta", dest="unlabelled_tta", action="store_false", default=None,
                        help="label them without averaging the flips (4x faster labelling passes)")
+    group.add_argument("--unlabelled-copy-paste", type=float, metavar="SIDE",
+                       help=f"swap a square of this side (share of the crop, e.g. 0.67) between each of their crops "
+                            f"and a labelled crop (default {terms.copy_paste:g}: off)")
     parser.add_argument("--init", help="start from this pretrained (maclcore pretrain) or segmentation model; a "
                                        "segmentation model is continued (all weights, its preprocessing) and "
                                        "recorded as the new model's parent in its lineage")
@@ -73,7 +76,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     base = FinetuneConfig()
     passes = args.unlabelled_passes
     terms = replace(base.unlabelled_loss, **given(args, share="unlabelled_share", confidence="unlabelled_confidence",
-                                                  tta="unlabelled_tta"),
+                                                  tta="unlabelled_tta", copy_paste="unlabelled_copy_paste"),
                     **({"passes": tuple(passes)} if passes else {}))
     return replace(base, loop=loop_config(args, base.loop), augmentation=augmentation_config(args, base.augmentation),
                    unlabelled_loss=terms,

@@ -32,6 +32,7 @@ FLAGS = {
     "pretrain_epochs": "--pretrain-epochs", "finetune_epochs": "--finetune-epochs", "unlabelled": "--unlabelled",
     "labelled": "--labelled", "unlabelled_loss.passes": "--unlabelled-passes",
     "unlabelled_loss.share": "--unlabelled-share", "unlabelled_loss.confidence": "--unlabelled-confidence",
+    "unlabelled_loss.copy_paste": "--unlabelled-copy-paste",
 }
 
 

@@ -25,8 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16; "
                                                                    "halved automatically when memory runs out)")
     parser.add_argument("--no-postprocess", action="store_true",
-                        help="keep every predicted island (default: keep each label's largest connected component; "
-                             "for the cardiac labels, within the largest component of all foreground, the heart)")
+                        help="the network's labels as they are (default: keep each label's largest connected "
+                             "component; for the cardiac labels, within the largest component of all foreground, the "
+                             "heart, then the background the myocardium's ring encloses becomes LV cavity)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="test-time augmentation: also segment each slice's flips and average (4x the network's "
                              "time, under a second a volume on a CPU; on ACDC 0.0 to +1.2 Dice points for models from "

@@ -120,6 +120,17 @@ def read_manifest(cache_dir: PathLike) -> Optional[Dict[str, Any]]:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
+def _same_schema(stored: Optional[Dict[str, Any]], schema: LabelSchema) -> bool:
+    """Whether a manifest's schema is ``schema``, read as a model file's is (fields added since the cache was
+    written take their defaults, so a new post-processing setting does not make every cache stale)."""
+    if stored is None:
+        return False
+    try:
+        return LabelSchema.from_dict(stored) == schema
+    except (ConfigError, KeyError, TypeError):
+        return False
+
+
 def stale_reason(manifest: Optional[Dict[str, Any]], cases: Sequence[Case], schema: Optional[LabelSchema],
                  dtype: Optional[str] = None, spacing: Optional[float] = None, size: Optional[int] = None,
                  plan: Optional[PreprocessingConfig] = None, check_sources: bool = True) -> Optional[str]:
@@ -135,7 +146,7 @@ def stale_reason(manifest: Optional[Dict[str, Any]], cases: Sequence[Case], sche
         return f"written by another cache format (version {manifest.get('version')}, this is {VERSION})"
     if dtype is not None and manifest.get("dtype") != dtype:
         return f"its slices are {manifest.get('dtype')}, {dtype} was asked for"
-    if schema is not None and manifest.get("schema") != schema.to_dict():
+    if schema is not None and not _same_schema(manifest.get("schema"), schema):
         return "it has no labels" if manifest.get("schema") is None else "its labels follow another schema"
     if plan is not None and manifest.get("preprocessing") != to_dict(plan):
         return f"it was preprocessed as {manifest.get('preprocessing')}, this run uses {to_dict(plan)}"

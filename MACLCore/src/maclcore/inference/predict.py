@@ -23,7 +23,7 @@ from ..io.guard import refuse_overwriting_inputs
 from ..runtime.control import StopRequest
 from ..runtime.progress import Reporter
 from ..runtime.device import autocast, map_in_batches, resolve_device
-from .postprocess import keep_largest_component
+from .postprocess import clean_prediction
 
 T = TypeVar("T")
 
@@ -146,15 +146,15 @@ def predict_volume(model: SegmentationModel, volume: Volume, batch_size: int = 1
 
     ``tta``: average over the in-plane flips (:data:`TTA_FLIPS`); None: when the model was trained with flips.
 
-    With ``postprocess`` and a schema of single-component labels, only each label's largest connected
-    component is kept (within the largest component of all foreground when the schema's labels form one
-    object, as the heart's do).
+    With ``postprocess``, :func:`~maclcore.inference.postprocess.clean_prediction`: each single-object label
+    keeps its largest connected component (within the largest component of all foreground when the labels
+    form one object, as the heart's do), then the background the schema's wall encloses becomes its cavity.
     """
     prepared = prepare_volume(volume.source or "volume", volume.array, volume.geometry, model.preprocessing)
     labels = predict_labels(model, prepared, batch_size, trained_with_flips(model) if tta is None else tta)
     del prepared  # its slices are not needed for the post-processing
-    if postprocess and model.schema.single_component:
-        labels = keep_largest_component(labels, model.schema.num_classes, model.schema.one_object)
+    if postprocess:
+        clean_prediction(labels, model.schema)
     return labels
 
 
@@ -195,7 +195,7 @@ def predict_files(model_path: PathLike, images: Sequence[str], output: str, fmt:
 
     ``tta``: average the predictions of the flipped slices too (:data:`TTA_FLIPS`; 4x the network's time);
     None: when the model was trained with flips, as the default recipe is.
-    ``postprocess``: keep each label's largest connected component (single-component schemas).
+    ``postprocess``: :func:`~maclcore.inference.postprocess.clean_prediction` (the wall's cavity, largest islands).
 
     When ``stop_file`` exists before a volume is started, raises :class:`InferenceStopped`; the volumes finished
     before keep their complete files, and nothing partial is left (every write is atomic).

@@ -30,7 +30,7 @@ from ..runtime.progress import Reporter
 from .loop import LoopConfig, Trainer, TrainState, cosine_lr, unwrap
 from .session import TrainingSession, announce_plan, make_optimizer, prepare_model, seed_everything
 from .transfer import init_channels, load_initial_weights, read_init
-from .unlabelled import IGNORE, PseudoLabels, UnlabelledConfig, pseudo_rows
+from .unlabelled import IGNORE, PseudoLabels, UnlabelledConfig, copy_paste_corners, pseudo_rows, swap_squares
 
 # Cardiac cine frames of one patient (ED/ES, or numbered frames) form one group: they are never split
 # between training and validation.
@@ -191,13 +191,25 @@ class FinetuneTask:
             augmentation = replace(augmentation, theta=crop_affines(augmentation.theta, centres, self.crop or
                                                                       self.train.size, self.train.size))
         images, labels = augment_batch(images, labels, augmentation, size)
-        logits = self.model(images)
         mine = labelled.shape[0]
+        terms = self.config.unlabelled_loss
+        pairs = min(mine, pseudo.shape[0]) if terms.copy_paste else 0
+        if pairs:  # the i-th labelled row and the i-th pseudo-labelled row swap a square
+            side = max(1, round(terms.copy_paste * labels.shape[-1]))
+            corners = copy_paste_corners(global_batch, rows[order[mine:mine + pairs]], tuple(labels.shape[-2:]),
+                                         side, generator)
+            pairing = torch.arange(pairs, device=device)
+            images, labels = swap_squares(images, labels, pairing, pairing + mine, corners, side)
+        logits = self.model(images)
         if not pseudo.shape[0]:
             return segmentation_loss(logits, labels, self.config.dice_weight)
-        term = self.config.unlabelled_loss.weight * segmentation_loss(logits[mine:], labels[mine:],
-                                                                      self.config.dice_weight, ignore_index=IGNORE)
-        return term + segmentation_loss(logits[:mine], labels[:mine], self.config.dice_weight) if mine else term
+        term = terms.weight * segmentation_loss(logits[mine:], labels[mine:], self.config.dice_weight,
+                                                ignore_index=IGNORE)
+        if not mine:
+            return term
+        # A labelled row that took a pseudo-labelled square holds ignored pixels too.
+        return term + segmentation_loss(logits[:mine], labels[:mine], self.config.dice_weight,
+                                        ignore_index=IGNORE if pairs else None)
 
     def epoch_metrics(self) -> Dict[str, float]:
         return {}
@@ -302,8 +314,7 @@ def _pseudo_labels(unlabelled: Sequence[Case], plan: PreprocessingConfig, config
                               session.check_stop)
     terms = config.unlabelled_loss
     task = trainer.task
-    task.pseudo = PseudoLabels(data, schema.num_classes, terms, crop, config.foreground if crop else 0.0,
-                               schema.one_object)
+    task.pseudo = PseudoLabels(data, schema, terms, crop, config.foreground if crop else 0.0)
     task.teacher = lambda: trainer.kept
     task.labelling_seconds = task.pseudo.estimate_seconds(trainer.kept, config.eval_batch_size, config.loop.amp)
 
