@@ -161,9 +161,9 @@ def test_passes_already_due_are_made_as_one():
     assert summary["pass"] == 2 and not pseudo.due(0.7) and pseudo.due(0.8)
 
 
-def test_the_step_puts_labelled_rows_first_and_pseudo_rows_after():
-    """The loss splits the batch by position (no device-to-host wait): labelled slices first, then the
-    pseudo-labelled ones, as many as pseudo_rows gives them, whatever the process's offset."""
+def _labelled_and_dark_unlabelled_task(terms: UnlabelledConfig):
+    """A finetune task on bright labelled slices with dark unlabelled ones, pseudo-labelled already, and the
+    list of batches its network was given."""
     from maclcore.data.augment import AugmentationConfig
     from maclcore.training.finetune import FinetuneConfig, FinetuneTask
     from maclcore.training.loop import LoopConfig
@@ -187,10 +187,18 @@ def test_the_step_puts_labelled_rows_first_and_pseudo_rows_after():
             return self.conv(x)
 
     config = FinetuneConfig(loop=LoopConfig(batch_size=4), augmentation=AugmentationConfig(enabled=False),
-                            unlabelled_loss=UnlabelledConfig(share=0.5, passes=(0.0,), tta=False, confidence=0.0))
+                            unlabelled_loss=terms)
     task = FinetuneTask(Recorder(), train, None, config, 3, crop=16)
-    task.pseudo = PseudoLabels(unlabelled, TWO_LABELS, config.unlabelled_loss, 16, 0.0)
+    task.pseudo = PseudoLabels(unlabelled, TWO_LABELS, terms, 16, 0.0)
     task.pseudo.label(Bright(0.5), 4, amp=False, progress=0.0)
+    return task, seen
+
+
+def test_the_step_puts_labelled_rows_first_and_pseudo_rows_after():
+    """The loss splits the batch by position (no device-to-host wait): labelled slices first, then the
+    pseudo-labelled ones, as many as pseudo_rows gives them, whatever the process's offset."""
+    task, seen = _labelled_and_dark_unlabelled_task(UnlabelledConfig(share=0.5, passes=(0.0,), tta=False,
+                                                                      confidence=0.0))
     generator = torch.Generator().manual_seed(0)
     for offset, batch in [(0, 4), (4, 3), (1, 1)]:
         loss = task.loss(torch.arange(batch), generator, offset, 8)
@@ -285,34 +293,8 @@ def test_copy_paste_corners_keep_the_square_inside_and_do_not_depend_on_the_spli
 def test_the_step_with_copy_paste_mixes_labelled_and_pseudo_labelled_crops():
     """With copy_paste the first labelled row and the first pseudo-labelled row swap a square (the bright
     labelled image shows in the dark unlabelled one and the reverse); the loss stays finite."""
-    from maclcore.data.augment import AugmentationConfig
-    from maclcore.training.finetune import FinetuneConfig, FinetuneTask
-    from maclcore.training.loop import LoopConfig
-
-    size = 32
-    labels = torch.zeros(6, size, size, dtype=torch.uint8)
-    labels[:, 8:24, 8:24] = 1
-    train = SliceData(images=torch.ones(6, 1, size, size), positions=torch.zeros(6), volumes=torch.zeros(6, dtype=torch.long),
-                      names=["l"], labels=labels)
-    unlabelled = SliceData(images=torch.zeros(5, 1, size, size), positions=torch.zeros(5),
-                           volumes=torch.zeros(5, dtype=torch.long), names=["u"])
-    seen = []
-
-    class Recorder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(1, 3, 1)
-
-        def forward(self, x):
-            seen.append(x.detach().clone())
-            return self.conv(x)
-
-    terms = UnlabelledConfig(share=0.5, passes=(0.0,), tta=False, confidence=0.0, copy_paste=0.5)
-    config = FinetuneConfig(loop=LoopConfig(batch_size=4), augmentation=AugmentationConfig(enabled=False),
-                            unlabelled_loss=terms)
-    task = FinetuneTask(Recorder(), train, None, config, 3, crop=16)
-    task.pseudo = PseudoLabels(unlabelled, TWO_LABELS, terms, 16, 0.0)
-    task.pseudo.label(Bright(0.5), 4, amp=False, progress=0.0)
+    task, seen = _labelled_and_dark_unlabelled_task(UnlabelledConfig(share=0.5, passes=(0.0,), tta=False,
+                                                                      confidence=0.0, copy_paste=0.5))
     loss = task.loss(torch.arange(4), torch.Generator().manual_seed(0), 0, 4)
     assert torch.isfinite(loss)
     batch = seen[-1][:, 0]
