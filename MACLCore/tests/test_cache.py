@@ -248,6 +248,81 @@ def test_training_from_a_carried_cache_needs_neither_images_nor_simpleitk(phanto
     assert result.returncode == 1 and "--cache-dir" in result.stderr
 
 
+def _labelled_and_unlabelled_caches(phantoms, tmp_path, size):
+    """A labelled cache of the train phantoms and an unlabelled one of the test phantoms, both at 6 mm and
+    ``size`` pixels, as `maclcore cache` builds them; the cases of each."""
+    from maclcore.cli.main import main
+
+    for folder, images, labels in (("lab", images_of(phantoms["train"]), labels_of(phantoms["train"])),
+                                   ("unl", images_of(phantoms["test"]), None)):
+        args = ["cache", "--images", images, "--cache-dir", str(tmp_path / folder), "--spacing", "6",
+                "--size", str(size), "--progress", "none"]
+        assert main(args + (["--labels", labels] if labels else [])) == 0
+    return labelled_cases(phantoms), find_images([images_of(phantoms["test"])])
+
+
+def test_finetuning_from_caches_alone_equals_finetuning_from_the_files(phantoms, tmp_path):
+    """Labelled and unlabelled slices from caches, without their source files, train exactly as the files do."""
+    from maclcore.training.finetune import FinetuneConfig, UnlabelledConfig, finetune
+
+    cases, unlabelled = _labelled_and_unlabelled_caches(phantoms, tmp_path, 48)
+    config = FinetuneConfig(loop=LoopConfig(epochs=2, batch_size=2, steps_per_epoch=2, seed=5), channels=CHANNELS,
+                            spacing=6.0, size=48, crop=32,
+                            unlabelled_loss=UnlabelledConfig(passes=(0.25,), tta=False, share=0.5))
+    files = finetune(cases, tmp_path / "files.pt", config, device="cpu", reporter=Messages(), unlabelled=unlabelled)
+    reporter = Messages()
+    cached = finetune([], tmp_path / "cached.pt", config, device="cpu", reporter=reporter,
+                      storage=SliceStorage(cache_dir=str(tmp_path / "lab")), unlabelled_cache=tmp_path / "unl")
+    assert any("using the slice cache" in line for line in reporter.lines)
+    assert any("self-training on 2 unlabelled volumes" in line for line in reporter.lines)
+    assert cached["unlabelled_cases"] == files["unlabelled_cases"] == [c.name for c in unlabelled]
+    assert cached["train_cases"] == files["train_cases"] == [c.name for c in cases]
+    assert [h["loss"] for h in cached["history"]] == [h["loss"] for h in files["history"]]
+    ours, theirs = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("cached", "files"))
+    assert ours["preprocessing"] == theirs["preprocessing"] == {"spacing": 6.0, "size": 48, "percentiles": [1.0, 99.0]}
+    assert all(torch.equal(ours["state_dict"][k], theirs["state_dict"][k]) for k in theirs["state_dict"])
+
+
+def test_finetuning_from_caches_refuses_mismatched_or_unlabelled_caches(phantoms, tmp_path):
+    from maclcore.errors import InputError, MaclError
+    from maclcore.training.finetune import FinetuneConfig, finetune
+
+    _labelled_and_unlabelled_caches(phantoms, tmp_path, 48)
+    config = FinetuneConfig(loop=LoopConfig(epochs=1, batch_size=2, steps_per_epoch=1), channels=CHANNELS, crop=32)
+    other = tmp_path / "other"
+    build(find_images([images_of(phantoms["test"])]), other, schema=None, spacing=5.0)
+    with pytest.raises(InputError, match=r"other.*preprocessed as .*5\.0.*same --spacing and --size"):
+        finetune([], tmp_path / "m.pt", config, device="cpu", storage=SliceStorage(cache_dir=str(tmp_path / "lab")),
+                 unlabelled_cache=other)
+    with pytest.raises(InputError, match=r"unl.* without labels.*--labels"):
+        finetune([], tmp_path / "m.pt", config, device="cpu", storage=SliceStorage(cache_dir=str(tmp_path / "unl")))
+    with pytest.raises(MaclError, match="cache_dir is not set and no volumes were given"):
+        finetune([], tmp_path / "m.pt", config, device="cpu")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_finetune_command_trains_from_carried_caches_without_simpleitk(phantoms, tmp_path):
+    _labelled_and_unlabelled_caches(phantoms, tmp_path, 48)
+    for name in ("lab", "unl"):
+        shutil.move(str(tmp_path / name), tmp_path / f"carried_{name}")  # to "another machine"
+    command = [sys.executable, "-c", BLOCK_SIMPLEITK, "finetune", "--cache-dir", str(tmp_path / "carried_lab"),
+               "--unlabelled-cache", str(tmp_path / "carried_unl"), "--unlabelled-passes", "0.5",
+               "--unlabelled-no-tta", "--out", str(tmp_path / "m.pt"), "--epochs", "2", "--steps-per-epoch", "2",
+               "--batch-size", "2", "--crop", "32", "--channels", "4,8,8,16,16", "--device", "cpu",
+               "--progress", "none"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    training = torch.load(tmp_path / "m.pt", weights_only=True)["training"]
+    assert len(training["train_cases"]) == 3 and len(training["unlabelled_cases"]) == 2
+    # Half of the labelled pair, or nothing to train on: told before any work.
+    for args in (["--images", images_of(phantoms["train"])], []):
+        result = subprocess.run([sys.executable, "-m", "maclcore", "finetune", *args, "--out",
+                                 str(tmp_path / "q.pt"), "--progress", "none"], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 1 and "--images and --labels, or --cache-dir" in result.stderr
+
+
 def test_cache_builder_command(phantoms, tmp_path, capsys):
     from maclcore.cli.main import main
 

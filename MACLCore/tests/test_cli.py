@@ -89,7 +89,7 @@ def test_quick_demo_runs_end_to_end(tmp_path):
 @pytest.mark.parametrize("argv, problem", [
     (["predict", "--progress", "json", "--model", "m.pt", "--image", "i.nii.gz", "--out", "o", "--batch-size", "x"],
      "argument --batch-size: invalid int value: 'x'"),
-    (["finetune", "--progress=json"], "the following arguments are required: --images, --labels, --out"),
+    (["finetune", "--progress=json"], "the following arguments are required: --out"),
     (["evaluate", "--pred", "p", "--labels", "l", "--progress", "json", "--no-such-option"],
      "unrecognized arguments: --no-such-option"),
 ])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from ..errors import MaclError
 from ..io.guard import refuse_overwriting_inputs, schema_file
 from ..io.naming import resume_path
 from ..io.pairing import find_images, pair_cases
@@ -21,14 +22,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Train the segmentation U-Net on labelled volumes (optionally starting from a MACL-pretrained "
                     "model) and write a self-describing model file. Images pair with label maps by the nnU-Net "
                     "naming (CASE_0000.nii.gz with CASE.nii.gz) or by equal names; label maps may be .seg.nrrd.")
-    parser.add_argument("--images", required=True, help="folder of images (NIfTI, NRRD, MHA, DICOM series folders)")
-    parser.add_argument("--labels", required=True, help="folder of label maps or .seg.nrrd segmentations")
+    parser.add_argument("--images", help="folder of images (NIfTI, NRRD, MHA, DICOM series folders); without "
+                                         "--images and --labels, the volumes of a labelled --cache-dir")
+    parser.add_argument("--labels", help="folder of label maps or .seg.nrrd segmentations")
     parser.add_argument("--out", required=True, help="model file to write, e.g. model.pt")
     parser.add_argument("--unlabelled", nargs="+", metavar="IMAGES",
                         help="unlabelled volumes (folders and/or files) to learn from too: at 40%%, 60%% and 80%% "
                              "of the run the model's weight average labels them (flips averaged), and half of "
                              "each batch from the first pass on is crops of them, sure and stable pixels only "
                              "(benchmarks/results/acdc_defaults_cpu.json: what it adds)")
+    parser.add_argument("--unlabelled-cache", metavar="DIR",
+                        help="instead of --unlabelled: a slice cache of unlabelled volumes (maclcore cache), built "
+                             "with the --spacing and --size of the labelled slices; no images or SimpleITK needed")
     terms = FinetuneConfig().unlabelled_loss
     group = parser.add_argument_group("self-training on --unlabelled volumes")
     group.add_argument("--unlabelled-passes", type=float, nargs="+", metavar="SHARE",
@@ -87,14 +92,20 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    if bool(args.images) != bool(args.labels) or not (args.images or args.cache_dir):
+        raise MaclError("give --images and --labels, or --cache-dir with a labelled slice cache built before "
+                        "(maclcore cache --images ... --labels ...)")
+    if args.unlabelled and args.unlabelled_cache:
+        raise MaclError("give --unlabelled or --unlabelled-cache, not both")
     refuse_overwriting_inputs([("output", [args.out, resume_path(args.out)])],  # before any work
                               [("images", args.images), ("labels", args.labels), ("init", args.init),
                                *[("unlabelled", path) for path in args.unlabelled or []],
+                               ("unlabelled_cache", args.unlabelled_cache),
                                ("labels_schema", schema_file(args.labels_schema))])
     config = config_from_args(args)  # a bad option is told before the data is read
-    cases = pair_cases(args.images, args.labels)
+    cases = pair_cases(args.images, args.labels) if args.images else []
     unlabelled = find_images(args.unlabelled) if args.unlabelled else []
     finetune(cases, args.out, config, schema=get_schema(args.labels_schema), init=args.init,
              device=args.device, reporter=reporter, resume=args.resume, stop_file=args.stop_file,
-             storage=storage_config(args), unlabelled=unlabelled)
+             storage=storage_config(args), unlabelled=unlabelled, unlabelled_cache=args.unlabelled_cache)
     return 0

@@ -30,6 +30,7 @@ FLAGS = {
     "storage.cache_dir": "--cache-dir", "storage.max_memory": "--max-memory",
     "storage.cache_dtype": "--cache-dtype", "model": "--model", "pred": "--pred",
     "pretrain_epochs": "--pretrain-epochs", "finetune_epochs": "--finetune-epochs", "unlabelled": "--unlabelled",
+    "unlabelled_cache": "--unlabelled-cache",
     "labelled": "--labelled", "unlabelled_loss.passes": "--unlabelled-passes",
     "unlabelled_loss.share": "--unlabelled-share", "unlabelled_loss.confidence": "--unlabelled-confidence",
     "unlabelled_loss.copy_paste": "--unlabelled-copy-paste",

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ..config import from_dict
-from ..errors import ConfigError, MaclError
+from ..errors import ConfigError, InputError, MaclError
 from ..io.pairing import Case
 from ..io.volume import Geometry
 from ..labels import LabelSchema
@@ -84,6 +84,22 @@ class SliceRequest:
     requested: Tuple[Optional[float], Optional[int]] = (None, None)
     sources_given: bool = True
     default_cache: Optional[str] = None
+
+
+def source_cases(cases: Sequence[Case], storage: SliceStorage, labelled: bool) -> Tuple[List[Case], bool]:
+    """The volumes a run trains on, and whether their source files were given: ``cases`` when there are any,
+    else those of the slice cache in ``storage`` (built before, maybe on another machine; with labels when
+    ``labelled``)."""
+    if cases:
+        return list(cases), True
+    if storage.cache_dir is None:
+        raise ConfigError("storage.cache_dir", "is not set and no volumes were given: give images, or a slice "
+                                               "cache built before")
+    cached = slice_cache.cached_cases(storage.cache_dir)
+    if labelled and any(case.label is None for case in cached):
+        raise InputError(storage.cache_dir, "is a slice cache without labels; build one with maclcore cache "
+                                            "--images ... --labels ... to finetune from it")
+    return cached, False
 
 
 def training_slices(request: SliceRequest, storage: SliceStorage, device: torch.device, procs: Processes,

@@ -16,8 +16,9 @@ from ..data.augment import AugmentationConfig, augment_batch, draw_augmentation
 from ..data.dataset import SliceData, read_case_geometries
 from ..data.preprocessing import TRAINING_MIN_SPACING, PreprocessingConfig, plan_preprocessing
 from ..data.sampling import CropConfig, CropSampler, crop_affines, crop_pixels
-from ..data.storage import SliceRequest, SliceStorage, training_slices
-from ..errors import ConfigError, MaclError, PathLike
+from ..data.cache import SliceCache, cached_cases
+from ..data.storage import SliceRequest, SliceStorage, source_cases, training_slices
+from ..errors import ConfigError, InputError, MaclError, PathLike
 from ..evaluation.metrics import overlap_per_class
 from ..io.lineage import new_generation, parent_record
 from ..io.pairing import Case
@@ -247,19 +248,28 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
              schema: LabelSchema = CARDIAC, init: Optional[PathLike] = None, device: str = "auto",
              reporter: Optional[Reporter] = None, resume: bool = False,
              stop_file: Optional[str] = None, storage: Optional[SliceStorage] = None,
-             unlabelled: Sequence[Case] = ()) -> Dict[str, Any]:
+             unlabelled: Sequence[Case] = (), unlabelled_cache: Optional[PathLike] = None) -> Dict[str, Any]:
     """Train a segmentation model on labelled cases and write it to ``output``.
 
-    ``unlabelled`` volumes (images only) add the self-training term of :mod:`~maclcore.training.unlabelled`;
+    ``unlabelled`` volumes (images only), or the slices of ``unlabelled_cache`` (a slice cache built with the
+    labelled slices' preprocessing), add the self-training term of :mod:`~maclcore.training.unlabelled`;
     they are held in memory.
 
     ``storage`` says where the slices live (device memory when they fit, else streamed from an on-disk cache).
+    With a labelled cache folder there, ``cases`` may be empty: the cache's own volumes are used, and neither
+    the source files nor SimpleITK are needed (a cache carried to a GPU machine).
     ``resume`` continues an interrupted run; the run stops (resumably) on Ctrl-C/SIGTERM or when
     ``stop_file`` appears. Returns a summary: output path, history, selected epoch, train/validation cases,
     init report.
     """
     started = time.perf_counter()
     output = os.fspath(output)
+    storage = storage or SliceStorage()
+    if unlabelled and unlabelled_cache is not None:
+        raise ConfigError("unlabelled_cache", "and unlabelled volumes were both given: give one of them")
+    cases, sources_given = source_cases(cases, storage, labelled=True)
+    if unlabelled_cache is not None:
+        unlabelled = cached_cases(unlabelled_cache)  # named in the model file; the slices come from the cache
     missing = [c.name for c in cases if c.label is None]
     if missing:
         raise MaclError(f"cases without a label map: {', '.join(missing[:5])}")
@@ -270,11 +280,16 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
         config, schema, init_data = _settings(session.state, config, schema, init)
         seed_everything(config.loop.seed)
         saved = session.state
-        extra = read_case_geometries(unlabelled) if unlabelled and not saved else []  # slices must fit the size
-        request = SliceRequest(cases, schema, default_cache=session.default_cache,
+        # The unlabelled slices must fit the size too; a cache carries its own plan (the headers are not here).
+        extra = (read_case_geometries(unlabelled) if unlabelled and unlabelled_cache is None and not saved
+                 and sources_given else [])
+        request = SliceRequest(cases, schema, default_cache=session.default_cache, sources_given=sources_given,
                                plan=from_dict(PreprocessingConfig, saved["preprocessing"]) if saved else None,
-                               planner=lambda geometries: _plan(list(geometries) + extra, config, init_data))
-        data, plan = training_slices(request, storage or SliceStorage(), device_, procs, reporter, session.check_stop)
+                               planner=((lambda geometries: _plan(list(geometries) + extra, config, init_data))
+                                        if sources_given else None))
+        data, plan = training_slices(request, storage, device_, procs, reporter, session.check_stop)
+        if init_data is not None and not sources_given:
+            _warn_init_spacing(init_data, plan, reporter)
         train_names, val_names = ((saved["split"]["train"], saved["split"]["val"]) if saved
                                   else split_validation([c.name for c in cases], config))
         train = data.select_volumes(train_names)
@@ -291,7 +306,8 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
                                                         warmup=int(config.warmup * total)),
                           config.loop, len(train), device_, procs, reporter, "finetune", started=started)
         if unlabelled:
-            _pseudo_labels(unlabelled, plan, config, schema, crop, trainer, device_, procs, reporter, session)
+            _pseudo_labels(unlabelled, unlabelled_cache, plan, config, schema, crop, trainer, device_, procs,
+                           reporter, session)
         plan_line = announce_plan(trainer, reporter, "finetune", plan.spacing, plan.size, crop, config.channels)
         record = {"config": to_dict(config), "labels": schema.to_dict(), "preprocessing": to_dict(plan),
                   "cases": [c.name for c in cases], "unlabelled": [c.name for c in unlabelled],
@@ -305,13 +321,23 @@ def finetune(cases: Sequence[Case], output: PathLike, config: FinetuneConfig = F
     return {"output": output, **training, "lineage": lineage}
 
 
-def _pseudo_labels(unlabelled: Sequence[Case], plan: PreprocessingConfig, config: FinetuneConfig, schema: LabelSchema,
-                   crop: Optional[int], trainer: Trainer, device: torch.device, procs: Any, reporter: Reporter,
-                   session: TrainingSession) -> None:
-    """Give the trainer's task the unlabelled slices (preprocessed like the labelled ones), the model that
-    labels them (the weight average), and the time that labelling will take."""
-    data, _ = training_slices(SliceRequest(unlabelled, plan=plan), SliceStorage(), device, procs, reporter,
-                              session.check_stop)
+def _pseudo_labels(unlabelled: Sequence[Case], cache_dir: Optional[PathLike], plan: PreprocessingConfig,
+                   config: FinetuneConfig, schema: LabelSchema, crop: Optional[int], trainer: Trainer,
+                   device: torch.device, procs: Any, reporter: Reporter, session: TrainingSession) -> None:
+    """Give the trainer's task the unlabelled slices (preprocessed like the labelled ones, from their files or
+    from the slice cache ``cache_dir``), the model that labels them (the weight average), and the time that
+    labelling will take."""
+    if cache_dir is not None:
+        # Held in memory whatever their size (the labelling passes read every slice); the cache must have been
+        # preprocessed exactly as the labelled slices, or the network would see another scale or contrast.
+        cache = SliceCache.open(cache_dir)
+        if cache.plan != plan:
+            raise InputError(cache_dir, f"holds slices preprocessed as {to_dict(cache.plan)}, the labelled ones "
+                                        f"as {to_dict(plan)}: build both caches with the same --spacing and --size")
+        data = cache.load(device, labels=False)
+    else:
+        data, _ = training_slices(SliceRequest(unlabelled, plan=plan), SliceStorage(), device, procs, reporter,
+                                  session.check_stop)
     terms = config.unlabelled_loss
     task = trainer.task
     task.pseudo = PseudoLabels(data, schema, terms, crop, config.foreground if crop else 0.0)
@@ -330,6 +356,14 @@ def _pseudo_labels(unlabelled: Sequence[Case], plan: PreprocessingConfig, config
     passes = ", ".join(f"{100 * p:.0f}%" for p in terms.passes)
     reporter.message(f"self-training on {len(unlabelled)} unlabelled volumes ({len(data)} slices): labelled "
                      f"after {passes} of the steps (~{task.labelling_seconds:.0f} s a pass)")
+
+
+def _warn_init_spacing(init: Dict[str, Any], plan: PreprocessingConfig, reporter: Reporter) -> None:
+    """A slice cache fixes the spacing; the initial model may have learnt another: say so (it still trains)."""
+    learnt = float(init["preprocessing"]["spacing"])
+    if abs(learnt - plan.spacing) > 1e-6:
+        reporter.message(f"note: the slice cache is at {plan.spacing:g} mm, the initial model learnt at "
+                         f"{learnt:g} mm; build the cache with --spacing {learnt:g} to keep its scale")
 
 
 def _settings(saved: Optional[Dict[str, Any]], config: FinetuneConfig, schema: LabelSchema,

@@ -13,8 +13,8 @@ from ..config import from_dict, to_dict
 from ..data.augment import AugmentationConfig, augment_batch, draw_augmentation
 from ..data.dataset import SliceData
 from ..data.preprocessing import TRAINING_MIN_SPACING, PreprocessingConfig, plan_preprocessing
-from ..data.storage import SliceRequest, SliceStorage, training_slices
-from ..errors import ConfigError, PathLike
+from ..data.storage import SliceRequest, SliceStorage, source_cases, training_slices
+from ..errors import PathLike
 from ..io.pairing import Case
 from ..losses.mlc import MLCLossConfig, mlc_loss
 from ..models.macl import MACLNet, MACLNetConfig
@@ -133,13 +133,7 @@ def pretrain(cases: Sequence[Case], output: PathLike, config: PretrainConfig = P
     started = time.perf_counter()
     output = os.fspath(output)
     storage = storage or SliceStorage()
-    sources_given = bool(cases)
-    if not sources_given:
-        if storage.cache_dir is None:
-            raise ConfigError("storage.cache_dir", "is not set and no volumes were given: give images, or a slice cache built before")
-        from ..data.cache import cached_cases
-
-        cases = cached_cases(storage.cache_dir)
+    cases, sources_given = source_cases(cases, storage, labelled=False)
     with joined_processes(device) as (procs, device_), \
             TrainingSession(output, "pretrain", procs, resume, stop_file) as session:
         reporter = procs.reporter(reporter or Reporter())
