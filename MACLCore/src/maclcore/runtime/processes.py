@@ -60,9 +60,16 @@ def setup_processes(device_name: str) -> Tuple[Processes, torch.device]:
     return Processes(rank=rank, world_size=world_size, local_rank=local_rank), device
 
 
-def teardown_processes() -> None:
-    """Leave the process group (a no-op when there is none)."""
+def teardown_processes(together: bool = False) -> None:
+    """Leave the process group (a no-op when there is none); with ``together``, once every process is there.
+
+    Why wait: a process that tears its gloo group down while a peer is still writing the model, then sees that
+    peer exit, can abort in gloo's transport threads ("terminate called without an active exception", seen once
+    in a two-process test). After a failure nobody waits: the peers may never arrive.
+    """
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -72,11 +79,13 @@ def joined_processes(device_name: str) -> Iterator[Tuple[Processes, torch.device
     (a caller that set the group up itself keeps it)."""
     owned = not (dist.is_available() and dist.is_initialized())
     procs, device = setup_processes(device_name)
+    completed = False
     try:
         yield procs, device
+        completed = True
     finally:
         if owned and procs.distributed:
-            teardown_processes()
+            teardown_processes(together=completed)
 
 
 def broadcast_object(value: Any, procs: Processes) -> Any:
