@@ -10,7 +10,8 @@ labels) and the study's 30 unlabelled pool patients (images only; its rule: neve
 patient), writes ``pack.json`` and archives the folder as ``gpu_pack.tar.gz`` (gzip: the padded slices
 shrink ~3x, so the pack fits the 64 MiB that travel to a lent GPU; ``run`` unpacks it).
 
-``run`` finetunes, for M = 2 and 4, random init on the labelled cache alone and random init + self-training on
+``run`` first times the pretraining step with ``bench_pretrain.py`` (fast path vs a plain PyTorch reference,
+about a minute), then finetunes, for M = 2 and 4, random init on the labelled cache alone and random init + self-training on
 the unlabelled cache (``maclcore finetune --cache-dir ... --unlabelled-cache ...``, the same code path as from
 files), with the study's widths and schedule (100 epochs of 25 steps, batch 16) capped by a time budget so that
 the whole check ends within ``--minutes`` (the schedule still completes: the budget logic fixes the steps).
@@ -18,8 +19,7 @@ Each model segments the evaluation slices as ``predict`` does (whole slices, fli
 and is scored per volume against the cached labels. Dice is measured on the preprocessed grid (the study's
 spacing in-plane, the volumes' own slices), not on each scan's original grid as ``maclcore evaluate`` does;
 labels resampled that way and back score ~0.95-0.97 Dice, so the two differ by a point or two; HD95 is not
-reported. Then ``bench_pretrain.py`` times the pretraining step (fast path vs a plain PyTorch reference).
-Results: benchmarks/results/gpu_check_<device type>.json (device name included) and the pretraining speed file.
+reported. Results: benchmarks/results/gpu_check_<device type>.json (device name included) and the pretraining speed file.
 """
 
 from __future__ import annotations
