@@ -95,8 +95,6 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     if bool(args.images) != bool(args.labels) or not (args.images or args.cache_dir):
         raise MaclError("give --images and --labels, or --cache-dir with a labelled slice cache built before "
                         "(maclcore cache --images ... --labels ...)")
-    if args.unlabelled and args.unlabelled_cache:
-        raise MaclError("give --unlabelled or --unlabelled-cache, not both")
     refuse_overwriting_inputs([("output", [args.out, resume_path(args.out)])],  # before any work
                               [("images", args.images), ("labels", args.labels), ("init", args.init),
                                *[("unlabelled", path) for path in args.unlabelled or []],

@@ -16,7 +16,7 @@ from ..data.augment import AugmentationConfig, augment_batch, draw_augmentation
 from ..data.dataset import SliceData, read_case_geometries
 from ..data.preprocessing import TRAINING_MIN_SPACING, PreprocessingConfig, plan_preprocessing
 from ..data.sampling import CropConfig, CropSampler, crop_affines, crop_pixels
-from ..data.cache import SliceCache, cached_cases
+from ..data.cache import SliceCache, cached_cases, read_manifest, stale_reason
 from ..data.storage import SliceRequest, SliceStorage, source_cases, training_slices
 from ..errors import ConfigError, InputError, MaclError, PathLike
 from ..evaluation.metrics import overlap_per_class
@@ -330,11 +330,12 @@ def _pseudo_labels(unlabelled: Sequence[Case], cache_dir: Optional[PathLike], pl
     if cache_dir is not None:
         # Held in memory whatever their size (the labelling passes read every slice); the cache must have been
         # preprocessed exactly as the labelled slices, or the network would see another scale or contrast.
-        cache = SliceCache.open(cache_dir)
-        if cache.plan != plan:
-            raise InputError(cache_dir, f"holds slices preprocessed as {to_dict(cache.plan)}, the labelled ones "
-                                        f"as {to_dict(plan)}: build both caches with the same --spacing and --size")
-        data = cache.load(device, labels=False)
+        reason = stale_reason(read_manifest(cache_dir), [], None, plan=plan, check_sources=False)
+        if reason is not None:
+            raise InputError(cache_dir, f"cannot serve as the unlabelled slices ({reason}): build it with the "
+                                        f"labelled slices' preprocessing, i.e. both caches with the same --spacing "
+                                        f"and --size")
+        data = SliceCache.open(cache_dir).load(device, labels=False)
     else:
         data, _ = training_slices(SliceRequest(unlabelled, plan=plan), SliceStorage(), device, procs, reporter,
                                   session.check_stop)

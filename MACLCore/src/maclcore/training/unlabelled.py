@@ -3,9 +3,10 @@
 For the first part of the run the network learns from the labelled crops alone. At each share of the run in
 ``passes`` the weight average (the model that is kept; the network itself when there is none) labels every
 unlabelled slice, on the whole slice as inference does and averaged over the in-plane flips (``tta``),
-followed by the post-processing inference applies to each volume (for the cardiac labels: the
-heart-first largest components, then the background the myocardium encloses made LV cavity). A pixel is ignored by the loss when the teacher is less than ``confidence`` sure of it, or
-(``agreement``) when its label changed since the previous pass. From the first pass on, a share ``share`` of
+followed by the post-processing inference applies to each volume (for the cardiac labels: the heart-first
+largest components, then the background the myocardium encloses made LV cavity). A pixel is ignored by the
+loss when the teacher is less than ``confidence`` sure of it, or (``agreement``) when its label changed since
+the previous pass. From the first pass on, a share ``share`` of
 each step's crops come from the pseudo-labelled slices, centred class-aware on the pseudo-labelled
 structures like the labelled crops, with the same augmentation and the same loss (cross-entropy + soft Dice
 over the kept pixels) times ``weight``.
